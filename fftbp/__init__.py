@@ -1,0 +1,27 @@
+"""fftbp: convolution layers (forward, input gradient, weight gradient) in the frequency domain."""
+
+from fftbp._config import (
+    get_fftw_effort,
+    get_num_threads,
+    get_workspace_limit,
+    set_fftw_effort,
+    set_num_threads,
+    set_workspace_limit,
+)
+from fftbp.api import Conv, Grads, conv, conv_input_grad, conv_weight_grad
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Conv",
+    "Grads",
+    "conv",
+    "conv_input_grad",
+    "conv_weight_grad",
+    "get_fftw_effort",
+    "get_num_threads",
+    "get_workspace_limit",
+    "set_fftw_effort",
+    "set_num_threads",
+    "set_workspace_limit",
+]

@@ -1,0 +1,188 @@
+"""Process-wide settings: thread count, workspace limit, FFTW planning effort, the worker pool.
+
+Threading scheme (chosen by measurement, see ``docs/threads.md``): every FFTW plan and every BLAS
+call runs single-threaded, and fftbp splits work (batch chunks for transforms, frequency chunks
+for the channel products) over its own pool of Python threads, which release the GIL inside FFTW
+and BLAS. OpenBLAS is set to one thread for the duration of an fftbp call and restored after;
+this keeps the OpenBLAS and OpenMP pools from spinning against each other (2-5x slowdowns
+measured when they alternate).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from typing import Any
+
+__all__ = [
+    "get_num_threads",
+    "set_num_threads",
+    "get_workspace_limit",
+    "set_workspace_limit",
+    "get_fftw_effort",
+    "set_fftw_effort",
+    "parallel_map",
+    "blas_single_threaded",
+]
+
+_FFTW_EFFORTS = ("FFTW_ESTIMATE", "FFTW_MEASURE", "FFTW_PATIENT", "FFTW_EXHAUSTIVE")
+#: Fraction of physical memory that one fftbp call may use for its workspace by default.
+DEFAULT_WORKSPACE_FRACTION = 0.25
+
+
+def _physical_memory() -> int:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # pragma: no cover - non-POSIX
+        return 8 << 30
+
+
+def _env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError(f"{name}: expected a positive integer, got {raw!r}") from None
+    if value < 1:
+        raise ValueError(f"{name}: expected a positive integer, got {raw!r}")
+    return value
+
+
+_state: dict[str, Any] = {
+    "threads": _env_int("FFTBP_NUM_THREADS", os.cpu_count() or 1),
+    "workspace": _env_int(
+        "FFTBP_WORKSPACE_LIMIT", int(DEFAULT_WORKSPACE_FRACTION * _physical_memory())
+    ),
+    "effort": os.environ.get("FFTBP_FFTW_EFFORT", "FFTW_MEASURE"),
+}
+if _state["effort"] not in _FFTW_EFFORTS:
+    raise ValueError(
+        f"FFTBP_FFTW_EFFORT: expected one of {', '.join(_FFTW_EFFORTS)}, got {_state['effort']!r}"
+    )
+_pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
+
+
+def get_num_threads() -> int:
+    """Number of threads fftbp uses (default: all cores, or ``FFTBP_NUM_THREADS``)."""
+    return int(_state["threads"])
+
+
+def set_num_threads(n: int) -> None:
+    """Set the number of threads fftbp uses for transforms and channel products."""
+    global _pool
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise ValueError(f"n: expected a positive int, got {n!r}")
+    with _pool_lock:
+        _state["threads"] = n
+        if _pool is not None:
+            _pool.shutdown(wait=True)
+            _pool = None
+
+
+def get_workspace_limit() -> int:
+    """Bytes of scratch memory one fftbp call may use (default: 25% of physical memory)."""
+    return int(_state["workspace"])
+
+
+def set_workspace_limit(nbytes: int) -> None:
+    """Bound the workspace (spectra, unfolded matrices) of one call; work is chunked to fit."""
+    if not isinstance(nbytes, int) or isinstance(nbytes, bool) or nbytes < 1:
+        raise ValueError(f"nbytes: expected a positive int (bytes), got {nbytes!r}")
+    _state["workspace"] = nbytes
+
+
+def get_fftw_effort() -> str:
+    """FFTW planner effort used for new plans (default ``'FFTW_MEASURE'``)."""
+    return str(_state["effort"])
+
+
+def set_fftw_effort(effort: str) -> None:
+    """Set the FFTW planner effort for plans made from now on."""
+    if effort not in _FFTW_EFFORTS:
+        raise ValueError(f"effort: expected one of {', '.join(_FFTW_EFFORTS)}, got {effort!r}")
+    _state["effort"] = effort
+
+
+def _get_pool(n: int) -> ThreadPoolExecutor:
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(max_workers=max(n - 1, 1), thread_name_prefix="fftbp")
+        return _pool
+
+
+def split_range(n: int, parts: int, align: int = 1) -> list[tuple[int, int]]:
+    """Split ``range(n)`` into at most ``parts`` contiguous pieces whose starts are multiples of
+    ``align`` (so that array views cut there keep their SIMD alignment)."""
+    parts = max(1, min(parts, -(-n // align)))
+    step = -(-n // parts)
+    step = -(-step // align) * align
+    return [(a, min(a + step, n)) for a in range(0, n, step)]
+
+
+def parallel_map(fn: Callable[[int, int, int], None], ranges: list[tuple[int, int]]) -> None:
+    """Run ``fn(slot, start, stop)`` for each range, one range per thread slot.
+
+    The calling thread takes the last range itself. Exceptions propagate.
+    """
+    if len(ranges) == 1:
+        fn(0, *ranges[0])
+        return
+    pool = _get_pool(get_num_threads())
+    futures = [pool.submit(fn, i, a, b) for i, (a, b) in enumerate(ranges[:-1])]
+    error: BaseException | None = None
+    try:
+        fn(len(ranges) - 1, *ranges[-1])
+    except BaseException as exc:  # noqa: BLE001 - re-raised after the workers finish
+        error = exc
+    for fut in futures:
+        try:
+            fut.result()
+        except BaseException as exc:  # noqa: BLE001
+            error = error or exc
+    if error is not None:
+        raise error
+
+
+# -- BLAS threads -------------------------------------------------------------------------------
+_blas_lock = threading.Lock()
+_blas_depth = 0
+_blas_saved: list[tuple[Any, int]] = []
+_blas_libs: list[Any] | None = None
+
+
+def _blas_controllers() -> list[Any]:
+    global _blas_libs
+    if _blas_libs is None:
+        from threadpoolctl import ThreadpoolController
+
+        _blas_libs = list(ThreadpoolController().select(user_api="blas").lib_controllers)
+    return _blas_libs
+
+
+@contextmanager
+def blas_single_threaded() -> Iterator[None]:
+    """Hold every BLAS library at one thread while fftbp computes (re-entrant, thread-safe)."""
+    global _blas_depth
+    with _blas_lock:
+        if _blas_depth == 0:
+            libs = _blas_controllers()
+            _blas_saved[:] = [(lib, lib.num_threads) for lib in libs]
+            for lib in libs:
+                lib.set_num_threads(1)
+        _blas_depth += 1
+    try:
+        yield
+    finally:
+        with _blas_lock:
+            _blas_depth -= 1
+            if _blas_depth == 0:
+                for lib, n in _blas_saved:
+                    lib.set_num_threads(n)
+                _blas_saved.clear()

@@ -1,0 +1,291 @@
+"""Public entry points: validate -> choose a method -> execute.
+
+Semantics are those of ``torch.nn.functional.conv{1,2,3}d`` and ``torch.nn.grad.conv*d_input`` /
+``conv*d_weight``: cross-correlation, input ``(N, C, *spatial)``, weight ``(F, C // groups,
+*kernel)``, the number of spatial dims taken from ``weight.ndim``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from fftbp._config import blas_single_threaded, get_workspace_limit
+from fftbp._params import (
+    ConvSpec,
+    IntOrTuple,
+    PaddingArg,
+    check_method,
+    check_same_dtype,
+    normalize_float_array,
+)
+from fftbp.kernels import direct as _direct
+from fftbp.kernels import fft as _fft
+from fftbp.planning import METHODS, choose_method
+
+__all__ = ["conv", "conv_input_grad", "conv_weight_grad", "Conv", "Grads"]
+
+
+def _resolve(method: Any, spec: ConvSpec) -> str:
+    check_method(method, METHODS)
+    return choose_method(spec) if method == "auto" else str(method)
+
+
+def _bias(bias: Any, spec: ConvSpec) -> np.ndarray | None:
+    if bias is None:
+        return None
+    b = normalize_float_array("bias", bias)
+    if b.shape != (spec.out_channels,):
+        raise ValueError(
+            f"bias: expected shape ({spec.out_channels},) (one value per output channel), "
+            f"got {b.shape!r}"
+        )
+    return b
+
+
+def _layout(spec: ConvSpec) -> _fft.FFTLayout:
+    return _fft.layout(spec)
+
+
+def conv(input: Any, weight: Any, bias: Any = None, stride: IntOrTuple = 1,
+         padding: PaddingArg = 0, dilation: IntOrTuple = 1, groups: int = 1, *,
+         method: str = "auto") -> np.ndarray:
+    """N-D convolution layer forward pass (cross-correlation), as ``torch.nn.functional.conv2d``.
+
+    Parameters
+    ----------
+    input : ndarray, shape ``(N, C, *spatial)``, float32 or float64
+    weight : ndarray, shape ``(F, C // groups, *kernel)``, same dtype; 1 to 3 spatial dims
+    bias : ndarray of shape ``(F,)`` or None
+    stride, dilation : int or tuple of one int per spatial dim, >= 1
+    padding : int, tuple of ints, tuple of ``(low, high)`` pairs, ``'valid'`` or ``'same'``
+        (``'same'`` needs stride 1; an odd total puts the extra element on the high side).
+    groups : int dividing C and F (``groups == C`` is depthwise)
+    method : ``'auto'``, ``'fft'`` or ``'direct'``
+
+    Returns
+    -------
+    ndarray of shape ``(N, F, *out)`` and the input's dtype.
+    """
+    x = normalize_float_array("input", input)
+    w = normalize_float_array("weight", weight)
+    spec = ConvSpec.from_shapes(x.shape, w.shape, stride, padding, dilation, groups, x.dtype)
+    b = _bias(bias, spec)
+    check_same_dtype(input=x, weight=w, bias=b)
+    m = _resolve(method, spec)
+    with blas_single_threaded():
+        if m == "fft":
+            return _fft.forward(_layout(spec), x, w, b)
+    return _direct.forward(spec, x, w, b)
+
+
+def _check_grad(grad_output: Any, spec: ConvSpec) -> np.ndarray:
+    g = normalize_float_array("grad_output", grad_output)
+    spec.check_output("grad_output", g.shape)
+    return g
+
+
+def conv_input_grad(input_shape: Any, weight: Any, grad_output: Any, stride: IntOrTuple = 1,
+                    padding: PaddingArg = 0, dilation: IntOrTuple = 1, groups: int = 1, *,
+                    method: str = "auto") -> np.ndarray:
+    """Gradient of :func:`conv` with respect to its input (``torch.nn.grad.conv2d_input``).
+
+    ``input_shape`` is needed because with stride > 1 several input sizes give the same output.
+    Returns an array of shape ``input_shape`` and the weight's dtype.
+    """
+    w = normalize_float_array("weight", weight)
+    shape = _shape_arg("input_shape", input_shape, w.ndim)
+    spec = ConvSpec.from_shapes(shape, w.shape, stride, padding, dilation, groups, w.dtype,
+                                input_name="input_shape")
+    g = _check_grad(grad_output, spec)
+    check_same_dtype(weight=w, grad_output=g)
+    m = _resolve(method, spec)
+    with blas_single_threaded():
+        if m == "fft":
+            return _fft.input_grad(_layout(spec), w, g)
+    return _direct.input_grad(spec, w, g)
+
+
+def conv_weight_grad(input: Any, weight_shape: Any, grad_output: Any, stride: IntOrTuple = 1,
+                     padding: PaddingArg = 0, dilation: IntOrTuple = 1, groups: int = 1, *,
+                     method: str = "auto") -> np.ndarray:
+    """Gradient of :func:`conv` with respect to its weight (``torch.nn.grad.conv2d_weight``)."""
+    x = normalize_float_array("input", input)
+    shape = _shape_arg("weight_shape", weight_shape, x.ndim)
+    spec = ConvSpec.from_shapes(x.shape, shape, stride, padding, dilation, groups, x.dtype,
+                                weight_name="weight_shape")
+    g = _check_grad(grad_output, spec)
+    check_same_dtype(input=x, grad_output=g)
+    m = _resolve(method, spec)
+    with blas_single_threaded():
+        if m == "fft":
+            return _fft.weight_grad(_layout(spec), x, g)
+    return _direct.weight_grad(spec, x, g)
+
+
+def _shape_arg(name: str, value: Any, ndim: int) -> tuple[int, ...]:
+    try:
+        shape = tuple(int(v) for v in value)
+        ok = len(shape) == ndim and all(
+            isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in value
+        )
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise ValueError(f"{name}: expected a tuple of {ndim} ints, got {value!r}")
+    return shape
+
+
+@dataclass(frozen=True)
+class Grads:
+    """Gradients returned by :meth:`Conv.backward` (None where not requested)."""
+
+    input: np.ndarray | None
+    weight: np.ndarray | None
+    bias: np.ndarray | None
+
+
+class Conv:
+    """A convolution layer that keeps its spectra between passes.
+
+    Reuse (``docs/algebra.md``): the weight's spectrum is computed once per weight value and
+    serves the forward pass and the input gradient; the input's spectrum from ``forward`` serves
+    the weight gradient; grad_output's spectrum is computed once in ``backward`` and serves both
+    gradients. A training step by FFT thus transforms each of x, w and grad_output once.
+
+    The weight spectrum is invalidated by assigning ``layer.weight``, by :meth:`update_weight`,
+    and by any in-place change of the weight array (detected by comparing with a snapshot taken
+    when the spectrum was made, so ``w -= lr * dw`` just works).
+    """
+
+    def __init__(self, weight: Any, bias: Any = None, stride: IntOrTuple = 1,
+                 padding: PaddingArg = 0, dilation: IntOrTuple = 1, groups: int = 1, *,
+                 method: str = "auto") -> None:
+        check_method(method, METHODS)
+        self.stride, self.padding, self.dilation, self.groups = stride, padding, dilation, groups
+        self.method = method
+        self._set_weight(weight, bias)
+
+    # -- parameters ------------------------------------------------------------------------------
+    def _set_weight(self, weight: Any, bias: Any) -> None:
+        w = normalize_float_array("weight", weight)
+        if w.ndim not in (3, 4, 5):
+            raise ValueError(
+                f"weight: expected 3, 4 or 5 dimensions (F, C // groups, *kernel), "
+                f"got shape {w.shape!r}"
+            )
+        b = None if bias is None else normalize_float_array("bias", bias)
+        if b is not None and b.shape != (w.shape[0],):
+            raise ValueError(f"bias: expected shape ({w.shape[0]},), got {b.shape!r}")
+        check_same_dtype(weight=w, bias=b)
+        self._weight, self.bias = w, b
+        self._wf: np.ndarray | None = None
+        self._wf_key: tuple[Any, ...] | None = None
+        self._w_snapshot: np.ndarray | None = None
+        self._saved: dict[str, Any] | None = None
+
+    @property
+    def weight(self) -> np.ndarray:
+        return self._weight
+
+    @weight.setter
+    def weight(self, value: Any) -> None:
+        self._set_weight(value, self.bias)
+
+    def update_weight(self, weight: Any = None, bias: Any = None) -> None:
+        """Declare the weight changed (optionally replacing weight and/or bias)."""
+        self._set_weight(self._weight if weight is None else weight,
+                         self.bias if bias is None else bias)
+
+    def _weight_changed(self) -> bool:
+        return self._w_snapshot is None or not np.array_equal(self._weight, self._w_snapshot)
+
+    def _weight_spectrum(self, lay: _fft.FFTLayout) -> np.ndarray:
+        key = (lay.shape, lay.spec.kernel, lay.spec.dilation, lay.spec.groups)
+        if self._wf is None or self._wf_key != key or self._weight_changed():
+            self._wf = _fft.weight_spectrum(lay, self._weight)
+            self._wf_key = key
+            self._w_snapshot = np.array(self._weight, copy=True)
+        return self._wf
+
+    # -- passes -----------------------------------------------------------------------------------
+    def forward(self, x: Any) -> np.ndarray:
+        """Output of the layer for ``x``; saves what :meth:`backward` needs."""
+        x = normalize_float_array("input", x)
+        spec = ConvSpec.from_shapes(x.shape, self._weight.shape, self.stride, self.padding,
+                                    self.dilation, self.groups, x.dtype)
+        check_same_dtype(input=x, weight=self._weight, bias=self.bias)
+        m = _resolve(self.method, spec)
+        saved: dict[str, Any] = {"spec": spec, "method": m}
+        with blas_single_threaded():
+            if m == "fft":
+                lay = _layout(spec)
+                wf = self._weight_spectrum(lay)
+                saved["layout"] = lay
+                per_batch = lay.spectrum_bytes(spec.batch * (spec.in_channels + spec.out_channels))
+                if per_batch <= get_workspace_limit():
+                    xf = _fft.input_spectrum(lay, x)
+                    y = _fft.forward_from_spectra(lay, xf, wf, self.bias)
+                    saved["xf"] = xf
+                else:
+                    y = _fft.forward(lay, x, self._weight, self.bias, wf=wf)
+                    saved["x"] = np.array(x, copy=True)
+            else:
+                y = _direct.forward(spec, x, self._weight, self.bias)
+                saved["x"] = np.array(x, copy=True)
+                saved["w"] = np.array(self._weight, copy=True)
+        self._saved = saved
+        return y
+
+    __call__ = forward
+
+    def backward(self, grad_output: Any, *, input_grad: bool = True,
+                 weight_grad: bool = True) -> Grads:
+        """Gradients of the last :meth:`forward` for ``grad_output``.
+
+        ``input_grad=False`` / ``weight_grad=False`` skip work nobody needs (e.g. a first layer).
+        Raises ``RuntimeError`` if the weight was changed in place since that forward pass.
+        """
+        if self._saved is None:
+            raise RuntimeError("backward: call forward() first; there is no saved forward pass")
+        saved = self._saved
+        spec: ConvSpec = saved["spec"]
+        g = _check_grad(grad_output, spec)
+        check_same_dtype(weight=self._weight, grad_output=g)
+        nd = spec.nd
+        gb = g.sum(axis=(0, *range(2, 2 + nd))) if self.bias is not None else None
+        dx = dw = None
+        with blas_single_threaded():
+            if saved["method"] == "fft":
+                lay: _fft.FFTLayout = saved["layout"]
+                if self._weight_changed():
+                    raise RuntimeError(
+                        "backward: the weight array was modified in place after forward(); "
+                        "the gradients of that forward pass are no longer defined; "
+                        "call forward() again"
+                    )
+                if "xf" in saved:
+                    gf = _fft.grad_spectrum(lay, g)
+                    if input_grad:
+                        dx = _fft.input_grad_from_spectra(lay, gf, self._weight_spectrum(lay))
+                    if weight_grad:
+                        dwf = _fft.weight_grad_spectrum(lay, saved["xf"], gf)
+                        dw = _fft.weight_grad_from_spectra(lay, dwf)
+                else:
+                    if input_grad:
+                        dx = _fft.input_grad(lay, self._weight, g, wf=self._weight_spectrum(lay))
+                    if weight_grad:
+                        dw = _fft.weight_grad(lay, saved["x"], g)
+            else:
+                if input_grad:
+                    dx = _direct.input_grad(spec, saved["w"], g)
+                if weight_grad:
+                    dw = _direct.weight_grad(spec, saved["x"], g)
+        return Grads(dx, dw, gb)
+
+    def __repr__(self) -> str:
+        return (f"Conv(weight{self._weight.shape}, bias={'yes' if self.bias is not None else 'no'}, "
+                f"stride={self.stride!r}, padding={self.padding!r}, dilation={self.dilation!r}, "
+                f"groups={self.groups!r}, method={self.method!r})")

@@ -1,0 +1,174 @@
+"""Cached single-threaded pyFFTW plans and the batched transforms built on them.
+
+Spectra live in *frequency-major* layout: a C-contiguous complex array of shape
+``(*half_shape, B)`` whose last axis runs over the batch of maps. In that layout the channel sum at
+each frequency is a small matrix product that BLAS takes directly, with no transpose. FFTW writes
+and reads this layout itself (measured here: 1.1x the cost of the natural layout, far less than
+a separate transpose).
+
+Each worker thread transforms its own slice of the batch in sub-chunks through a plan that owns
+a small real-space scratch array: the caller's ``fill`` writes a sub-chunk into it (padding,
+flipping, dilating on the way) and FFTW writes the spectrum straight into the caller's
+frequency-major array; ``irfft_batch`` runs the reverse. Plans are keyed by everything that
+affects them and kept in a bounded LRU cache; a lock per plan makes them safe to share between
+Python threads.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pyfftw
+
+from fftbp._config import get_fftw_effort, get_num_threads, parallel_map, split_range
+
+__all__ = ["rfft_batch", "irfft_batch", "clear_plan_cache", "plan_cache_info", "MAX_PLANS"]
+
+#: Most plans kept; each holds a scratch array of at most ``_SCRATCH_BYTES``.
+MAX_PLANS = 256
+#: Target size of one sub-chunk's real-space scratch: small enough to stay in L2 between the
+#: fill copy and the transform (1 MiB L2 per core on the reference machine).
+_SCRATCH_BYTES = 512 << 10
+_ALIGN = pyfftw.simd_alignment
+
+FillFn = Callable[[np.ndarray, int, int], None]
+ReadFn = Callable[[np.ndarray, int, int], None]
+
+
+class _Plan:
+    __slots__ = ("fftw", "scratch", "lock")
+
+    def __init__(self, fftw: Any, scratch: np.ndarray) -> None:
+        self.fftw = fftw
+        self.scratch = scratch
+        self.lock = threading.Lock()
+
+
+_cache: OrderedDict[tuple[Any, ...], _Plan] = OrderedDict()
+_cache_lock = threading.Lock()
+_stats = {"hits": 0, "misses": 0, "executes": 0, "forward_maps": 0, "inverse_maps": 0}
+
+
+def clear_plan_cache() -> None:
+    """Drop every cached plan (FFTW wisdom stays, so replanning is quick)."""
+    with _cache_lock:
+        _cache.clear()
+
+
+def plan_cache_info() -> dict[str, int]:
+    """Counters: cache ``hits``/``misses``/``size``, FFTW ``executes``, and the number of maps
+    transformed so far by real-to-complex (``forward_maps``) and complex-to-real
+    (``inverse_maps``) transforms."""
+    with _cache_lock:
+        return {**_stats, "size": len(_cache)}
+
+
+def _strided_scratch(shape: tuple[int, ...], strides: tuple[int, ...], dtype: np.dtype,
+                     aligned: bool) -> np.ndarray:
+    """A throw-away array with the given geometry, to plan on (MEASURE overwrites it)."""
+    span = sum((n - 1) * s for n, s in zip(shape, strides)) + dtype.itemsize
+    raw = pyfftw.empty_aligned(span + _ALIGN, dtype=np.uint8, n=_ALIGN)
+    offset = 0 if aligned else dtype.itemsize
+    base = raw[offset : offset + span].view(dtype)
+    return np.lib.stride_tricks.as_strided(base, shape=shape, strides=strides)
+
+
+def _get_plan(forward: bool, b: int, shape: tuple[int, ...], real: np.dtype,
+              spec_view: np.ndarray, slot: int) -> _Plan:
+    aligned = spec_view.ctypes.data % _ALIGN == 0
+    effort = get_fftw_effort()
+    key = (forward, b, shape, real.str, spec_view.shape, spec_view.strides, aligned, slot, effort)
+    with _cache_lock:
+        plan = _cache.get(key)
+        if plan is not None:
+            _cache.move_to_end(key)
+            _stats["hits"] += 1
+            return plan
+        _stats["misses"] += 1
+    complex_dt = np.result_type(real, np.complex64)
+    scratch = pyfftw.empty_aligned((b, *shape), dtype=real, n=_ALIGN)
+    spec = _strided_scratch(spec_view.shape, spec_view.strides, complex_dt, aligned)
+    flags = [effort, "FFTW_DESTROY_INPUT"]
+    if not aligned:
+        flags.append("FFTW_UNALIGNED")
+    axes = tuple(range(1, len(shape) + 1))
+    # The spectrum view is (*half, b); FFTW sees it as (b, *half) through a transposed view.
+    spec_t = np.moveaxis(spec, -1, 0)
+    if forward:
+        fftw = pyfftw.FFTW(scratch, spec_t, axes=axes, direction="FFTW_FORWARD",
+                           flags=flags, threads=1)
+    else:
+        fftw = pyfftw.FFTW(spec_t, scratch, axes=axes, direction="FFTW_BACKWARD",
+                           flags=flags, threads=1)
+    plan = _Plan(fftw, scratch)
+    with _cache_lock:
+        _cache[key] = plan
+        while len(_cache) > MAX_PLANS:
+            _cache.popitem(last=False)
+    return plan
+
+
+def _chunking(total: int, shape: tuple[int, ...], real: np.dtype) -> tuple[list[tuple[int, int]], int]:
+    map_bytes = math.prod(shape) * real.itemsize
+    ranges = split_range(total, get_num_threads(), align=8)
+    per = max(b - a for a, b in ranges)
+    sub = max(1, min(per, _SCRATCH_BYTES // map_bytes))
+    if sub >= 8:
+        sub -= sub % 8
+    return ranges, sub
+
+
+def rfft_batch(spec: np.ndarray, shape: tuple[int, ...], fill: FillFn) -> None:
+    """Real-to-complex transforms of a batch of maps into the frequency-major array ``spec``.
+
+    Parameters
+    ----------
+    spec
+        C-contiguous complex64/complex128 array of shape ``(*shape[:-1], shape[-1]//2+1, B)``.
+    shape
+        Transform size per axis.
+    fill
+        ``fill(scratch, b0, b1)`` must write maps ``b0:b1`` entirely (zeros included) into
+        ``scratch`` of shape ``(b1 - b0, *shape)``.
+    """
+    _run(True, spec, shape, fill)
+
+
+def irfft_batch(spec: np.ndarray, shape: tuple[int, ...], read: ReadFn) -> None:
+    """Complex-to-real transforms (unnormalised) of the frequency-major array ``spec``.
+
+    ``read(scratch, b0, b1)`` receives maps ``b0:b1`` in natural layout. ``spec`` is destroyed.
+    """
+    _run(False, spec, shape, read)
+
+
+def _run(forward: bool, spec: np.ndarray, shape: tuple[int, ...], io: FillFn) -> None:
+    total = spec.shape[-1]
+    real = np.dtype(np.float32 if spec.dtype == np.complex64 else np.float64)
+    ranges, sub = _chunking(total, shape, real)
+
+    def work(slot: int, start: int, stop: int) -> None:
+        for b0 in range(start, stop, sub):
+            b1 = min(b0 + sub, stop)
+            view = spec[..., b0:b1]
+            plan = _get_plan(forward, b1 - b0, shape, real, view, slot)
+            view_t = np.moveaxis(view, -1, 0)
+            with plan.lock:
+                if forward:
+                    io(plan.scratch, b0, b1)
+                    plan.fftw.update_arrays(plan.scratch, view_t)
+                    plan.fftw.execute()
+                else:
+                    plan.fftw.update_arrays(view_t, plan.scratch)
+                    plan.fftw.execute()
+                    io(plan.scratch, b0, b1)
+
+    parallel_map(work, ranges)
+    with _cache_lock:
+        _stats["executes"] += sum(-(-(b - a) // sub) for a, b in ranges)
+        _stats["forward_maps" if forward else "inverse_maps"] += total

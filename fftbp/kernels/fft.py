@@ -1,0 +1,339 @@
+"""Whole-map FFT kernels: forward, input gradient and weight gradient from shared spectra.
+
+The index algebra (``docs/algebra.md``, written once)
+-----------------------------------------------------
+Per spatial axis, with input length ``H``, padding ``(lo, hi)``, stride ``s``, dilation ``d``,
+kernel ``K`` (extent ``E = d(K-1)+1``), output length ``O`` and transform length ``M``
+(:func:`fftbp.fft.sizes.min_transform_len`), the three passes are::
+
+    y[o]  = sum_k  x[o*s + k*d - lo] * w[k]                     forward
+    dx[j] = sum_{o,k: o*s + k*d = j + lo} g[o] * w[k]            input gradient
+    dw[k] = sum_o  g[o] * x[o*s + k*d - lo]                      weight gradient
+
+Three spectra are formed, each by one batched real FFT of a zero-padded buffer of length M:
+
+    Xf = rfft(x placed *reversed* at [0, H))     (u[i] = x[H-1-i])
+    Wf = rfft(w placed at 0, d, 2d, ...)          (the dilated kernel)
+    Gf = rfft(g placed at 0, s, 2s, ...)          (grad_output upsampled by the stride)
+
+Reversing x turns each cross-correlation into a plain product, so no pass needs a conjugate:
+
+    forward:       y[o]  = irfft(Xf . Wf)[(lo + H - 1 - o*s) mod M]
+    input grad:    dx[j] = irfft(Gf . Wf)[j + lo]
+    weight grad:   dw[k] = irfft(Xf . Gf)[(lo + H - 1 - k*d) mod M]
+
+where ``.`` is, at each frequency, the channel contraction: forward sums over C, the input
+gradient over F and the weight gradient over N (a block-diagonal product per group, an
+elementwise product when ``groups == C``). Xf serves the forward and the weight gradient, Wf the
+forward and the input gradient, Gf both gradients: each spectrum is computed once per step.
+
+Normalisation (1/prod(M)) is folded into the read-out copy that every pass makes anyway.
+
+NaN and Inf
+-----------
+A NaN or Inf anywhere in a map spreads through its whole transform: every output that shares a
+transform with it becomes NaN, not only those whose window contains it (direct convolution
+confines it to those). Non-finite inputs therefore give non-finite outputs on both paths, but the
+FFT path marks more of them.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyfftw
+
+from fftbp._config import get_num_threads, get_workspace_limit, parallel_map, split_range
+from fftbp._params import ConvSpec
+from fftbp.fft import irfft_batch, rfft_batch, transform_shape
+
+__all__ = [
+    "FFTLayout",
+    "layout",
+    "input_spectrum",
+    "weight_spectrum",
+    "grad_spectrum",
+    "forward",
+    "input_grad",
+    "weight_grad",
+    "forward_from_spectra",
+    "input_grad_from_spectra",
+    "weight_grad_from_spectra",
+]
+
+Index = slice | np.ndarray
+
+
+def _axis_index(start: int, count: int, step: int, m: int) -> Index:
+    """Positions ``(start + i*step) mod m`` for ``i < count``, as a slice when no wrap occurs."""
+    last = start + (count - 1) * step
+    if 0 <= start < m and 0 <= last < m:
+        stop = last + (1 if step > 0 else -1)
+        return slice(start, None if stop < 0 else stop, step)
+    return (start + step * np.arange(count)) % m
+
+
+def _gather(src: np.ndarray, index: tuple[Index, ...]) -> np.ndarray:
+    """``src[:, i0, i1, ...]`` as an outer (not broadcast) index, slices first."""
+    view = src[(slice(None),) + tuple(i if isinstance(i, slice) else slice(None) for i in index)]
+    for axis, i in enumerate(index):
+        if not isinstance(i, slice):
+            view = np.take(view, i, axis=axis + 1)
+    return view
+
+
+@dataclass(frozen=True)
+class FFTLayout:
+    """Transform geometry of one layer: FFT sizes and the read-out positions of each pass."""
+
+    spec: ConvSpec
+    shape: tuple[int, ...]
+    out_index: tuple[Index, ...] = field(repr=False)
+    dx_index: tuple[Index, ...] = field(repr=False)
+    dw_index: tuple[Index, ...] = field(repr=False)
+
+    @property
+    def half_shape(self) -> tuple[int, ...]:
+        return (*self.shape[:-1], self.shape[-1] // 2 + 1)
+
+    @property
+    def nfreq(self) -> int:
+        return math.prod(self.half_shape)
+
+    @property
+    def scale(self) -> float:
+        return 1.0 / math.prod(self.shape)
+
+    @property
+    def complex_dtype(self) -> np.dtype:
+        return np.result_type(self.spec.dtype, np.complex64)
+
+    def spectrum_bytes(self, maps: int) -> int:
+        return self.nfreq * maps * self.complex_dtype.itemsize
+
+    def empty_spectrum(self, maps: int) -> np.ndarray:
+        return pyfftw.empty_aligned((*self.half_shape, maps), dtype=self.complex_dtype, n=64)
+
+
+def layout(spec: ConvSpec, shape: tuple[int, ...] | None = None) -> FFTLayout:
+    """Build the FFT geometry for ``spec`` (transform sizes from :func:`transform_shape`)."""
+    shape = transform_shape(spec) if shape is None else tuple(shape)
+    out_i, dx_i, dw_i = [], [], []
+    for h, (lo, _), k, s, d, o, m in zip(
+        spec.in_size, spec.padding, spec.kernel, spec.stride, spec.dilation, spec.out_size, shape
+    ):
+        out_i.append(_axis_index(lo + h - 1, o, -s, m))
+        dx_i.append(_axis_index(lo, h, 1, m))
+        dw_i.append(_axis_index(lo + h - 1, k, -d, m))
+    return FFTLayout(spec, shape, tuple(out_i), tuple(dx_i), tuple(dw_i))
+
+
+# -- spectra -------------------------------------------------------------------------------------
+def _spectrum(lay: FFTLayout, src: np.ndarray, place: tuple[slice, ...], flip: bool) -> np.ndarray:
+    """rfft of every map of ``src`` (shape ``(B, *size)``) placed at ``place`` in a zero buffer."""
+    spec_arr = lay.empty_spectrum(src.shape[0])
+    if flip:
+        src = src[(slice(None),) + (slice(None, None, -1),) * (src.ndim - 1)]
+    target = (slice(None),) + place
+
+    def fill(scratch: np.ndarray, b0: int, b1: int) -> None:
+        scratch.fill(0)
+        scratch[target] = src[b0:b1]
+
+    rfft_batch(spec_arr, lay.shape, fill)
+    return spec_arr
+
+
+def input_spectrum(lay: FFTLayout, x: np.ndarray) -> np.ndarray:
+    """Xf: spectrum of each input map placed reversed at the buffer's start; ``(*half, n*C)``."""
+    flat = x.reshape(-1, *lay.spec.in_size)
+    return _spectrum(lay, flat, tuple(slice(0, h) for h in lay.spec.in_size), flip=True)
+
+
+def weight_spectrum(lay: FFTLayout, w: np.ndarray) -> np.ndarray:
+    """Wf: spectrum of each dilated kernel; ``(*half, F*C/groups)``."""
+    flat = w.reshape(-1, *lay.spec.kernel)
+    place = tuple(slice(0, e, d) for e, d in zip(lay.spec.kernel_extent, lay.spec.dilation))
+    return _spectrum(lay, flat, place, flip=False)
+
+
+def grad_spectrum(lay: FFTLayout, g: np.ndarray) -> np.ndarray:
+    """Gf: spectrum of each grad_output map upsampled by the stride; ``(*half, n*F)``."""
+    flat = g.reshape(-1, *lay.spec.out_size)
+    place = tuple(slice(0, (o - 1) * s + 1, s) for o, s in zip(lay.spec.out_size, lay.spec.stride))
+    return _spectrum(lay, flat, place, flip=False)
+
+
+# -- channel products at each frequency ----------------------------------------------------------
+
+def _block_len(bytes_per_freq: int) -> int:
+    """Frequencies per inner block so that the block's operands stay in L2 (~256 KiB)."""
+    return max(1, (256 << 10) // max(bytes_per_freq, 1))
+
+
+def _product(lay: FFTLayout, kind: str, a: np.ndarray, b: np.ndarray, out: np.ndarray,
+             accumulate: bool = False) -> None:
+    """Per-frequency channel contraction of one pass; see the table in the module docstring.
+
+    Shapes (Q frequencies, n batch, g groups, Cg/Fg channels per group), all frequency-major:
+    ``forward``: a=Xf (Q,n,g,Cg), b=Wf (Q,g,Fg,Cg) -> out (Q,n,g,Fg), sum over Cg
+    ``input``:   a=Gf (Q,n,g,Fg), b=Wf (Q,g,Fg,Cg) -> out (Q,n,g,Cg), sum over Fg
+    ``weight``:  a=Xf (Q,n,g,Cg), b=Gf (Q,n,g,Fg) -> out (Q,g,Fg,Cg), sum over n
+    """
+    spec = lay.spec
+    q, g = lay.nfreq, spec.groups
+    cg, fg = spec.in_channels // g, spec.out_channels // g
+    if kind == "weight":
+        n = a.shape[-1] // spec.in_channels
+        a4 = a.reshape(q, n, g, cg)
+        b4 = b.reshape(q, n, g, fg)
+        o4 = out.reshape(q, g, fg, cg)
+    else:
+        n = a.shape[-1] // (spec.in_channels if kind == "forward" else spec.out_channels)
+        a4 = a.reshape(q, n, g, cg if kind == "forward" else fg)
+        b4 = b.reshape(q, g, fg, cg)
+        o4 = out.reshape(q, n, g, fg if kind == "forward" else cg)
+    per_freq = (a4[0].size + b4[0].size + o4[0].size) * a.itemsize
+    step = _block_len(per_freq)
+    depthwise = cg == 1
+
+    def block(q0: int, q1: int) -> None:
+        A, B, O = a4[q0:q1], b4[q0:q1], o4[q0:q1]
+        if kind == "forward":
+            if depthwise:  # out[q,n,g,f] = x[q,n,g] * w[q,g,f]
+                r = np.multiply(A, B[:, None, :, :, 0])
+            else:
+                r = np.matmul(A.transpose(0, 2, 1, 3), B.transpose(0, 1, 3, 2))
+                r = r.transpose(0, 2, 1, 3)
+        elif kind == "input":
+            if depthwise:  # out[q,n,g,0] = sum_f gy[q,n,g,f] * w[q,g,f]
+                r = np.multiply(A, B[:, None, :, :, 0])
+                r = r if fg == 1 else r.sum(axis=-1, keepdims=True)
+            else:
+                r = np.matmul(A.transpose(0, 2, 1, 3), B).transpose(0, 2, 1, 3)
+        else:
+            if depthwise:  # out[q,g,f,0] = sum_n gy[q,n,g,f] * x[q,n,g]
+                r = np.multiply(B, A).sum(axis=1)[..., None]
+            else:
+                r = np.matmul(B.transpose(0, 2, 3, 1), A.transpose(0, 2, 1, 3))
+        if accumulate:
+            O += r
+        else:
+            O[...] = r
+
+    def work(_slot: int, start: int, stop: int) -> None:
+        for q0 in range(start, stop, step):
+            block(q0, min(q0 + step, stop))
+
+    parallel_map(work, split_range(q, get_num_threads()))
+
+
+# -- read-out ------------------------------------------------------------------------------------
+def _inverse(lay: FFTLayout, spectrum: np.ndarray, out_flat: np.ndarray,
+             index: tuple[Index, ...], bias_rows: np.ndarray | None = None) -> None:
+    """irfft each map of ``spectrum`` and write ``scale * map[index] (+ bias)`` to ``out_flat``."""
+    scale = lay.scale
+    extra = (None,) * lay.spec.nd
+
+    def read(scratch: np.ndarray, b0: int, b1: int) -> None:
+        dest = out_flat[b0:b1]
+        np.multiply(_gather(scratch[: b1 - b0], index), scale, out=dest)
+        if bias_rows is not None:
+            dest += bias_rows[b0:b1][(slice(None), *extra)]
+
+    irfft_batch(spectrum, lay.shape, read)
+
+
+def forward_from_spectra(lay: FFTLayout, xf: np.ndarray, wf: np.ndarray,
+                         bias: np.ndarray | None = None) -> np.ndarray:
+    """y from Xf (``(*half, n*C)``) and Wf; returns ``(n, F, *out)``."""
+    spec = lay.spec
+    n = xf.shape[-1] // spec.in_channels
+    prod = lay.empty_spectrum(n * spec.out_channels)
+    _product(lay, "forward", xf, wf, prod)
+    y = np.empty((n, spec.out_channels, *spec.out_size), dtype=spec.dtype)
+    rows = None if bias is None else np.tile(bias, n)
+    _inverse(lay, prod, y.reshape(n * spec.out_channels, *spec.out_size), lay.out_index, rows)
+    return y
+
+
+def input_grad_from_spectra(lay: FFTLayout, gf: np.ndarray, wf: np.ndarray) -> np.ndarray:
+    """dx from Gf (``(*half, n*F)``) and Wf; returns ``(n, C, *in)``."""
+    spec = lay.spec
+    n = gf.shape[-1] // spec.out_channels
+    prod = lay.empty_spectrum(n * spec.in_channels)
+    _product(lay, "input", gf, wf, prod)
+    dx = np.empty((n, spec.in_channels, *spec.in_size), dtype=spec.dtype)
+    _inverse(lay, prod, dx.reshape(n * spec.in_channels, *spec.in_size), lay.dx_index)
+    return dx
+
+
+def weight_grad_spectrum(lay: FFTLayout, xf: np.ndarray, gf: np.ndarray,
+                         out: np.ndarray | None = None) -> np.ndarray:
+    """The weight gradient's spectrum ``sum_n Xf . Gf``, accumulated into ``out`` if given."""
+    spec = lay.spec
+    maps = spec.out_channels * (spec.in_channels // spec.groups)
+    if out is None:
+        out = lay.empty_spectrum(maps)
+        _product(lay, "weight", xf, gf, out)
+    else:
+        _product(lay, "weight", xf, gf, out, accumulate=True)
+    return out
+
+
+def weight_grad_from_spectra(lay: FFTLayout, dwf: np.ndarray) -> np.ndarray:
+    """dw from its spectrum (see :func:`weight_grad_spectrum`); returns ``(F, C/groups, *k)``."""
+    spec = lay.spec
+    dw = np.empty(spec.weight_shape, dtype=spec.dtype)
+    _inverse(lay, dwf, dw.reshape(-1, *spec.kernel), lay.dw_index)
+    return dw
+
+
+# -- whole passes, chunked over the batch to bound the workspace --------------------------------
+def batch_chunk(lay: FFTLayout, maps_per_sample: int) -> int:
+    """Samples per chunk so that the chunk's spectra fit the workspace limit."""
+    per_sample = lay.spectrum_bytes(maps_per_sample)
+    return max(1, min(lay.spec.batch, get_workspace_limit() // max(per_sample, 1)))
+
+
+def forward(lay: FFTLayout, x: np.ndarray, w: np.ndarray, bias: np.ndarray | None = None,
+            wf: np.ndarray | None = None) -> np.ndarray:
+    """Forward pass by FFT, in batch chunks under the workspace limit."""
+    spec = lay.spec
+    wf = weight_spectrum(lay, w) if wf is None else wf
+    step = batch_chunk(lay, spec.in_channels + spec.out_channels)
+    if step >= spec.batch:
+        return forward_from_spectra(lay, input_spectrum(lay, x), wf, bias)
+    y = np.empty(spec.output_shape, dtype=spec.dtype)
+    for n0 in range(0, spec.batch, step):
+        xs = x[n0 : n0 + step]
+        y[n0 : n0 + step] = forward_from_spectra(lay, input_spectrum(lay, xs), wf, bias)
+    return y
+
+
+def input_grad(lay: FFTLayout, w: np.ndarray, g: np.ndarray,
+               wf: np.ndarray | None = None) -> np.ndarray:
+    """Input gradient by FFT, in batch chunks under the workspace limit."""
+    spec = lay.spec
+    wf = weight_spectrum(lay, w) if wf is None else wf
+    step = batch_chunk(lay, spec.in_channels + spec.out_channels)
+    dx = np.empty(spec.input_shape, dtype=spec.dtype)
+    for n0 in range(0, spec.batch, step):
+        gs = g[n0 : n0 + step]
+        dx[n0 : n0 + step] = input_grad_from_spectra(lay, grad_spectrum(lay, gs), wf)
+    return dx
+
+
+def weight_grad(lay: FFTLayout, x: np.ndarray, g: np.ndarray) -> np.ndarray:
+    """Weight gradient by FFT; the batch sum is accumulated in the frequency domain."""
+    spec = lay.spec
+    step = batch_chunk(lay, spec.in_channels + spec.out_channels)
+    dwf = None
+    for n0 in range(0, spec.batch, step):
+        xf = input_spectrum(lay, x[n0 : n0 + step])
+        gf = grad_spectrum(lay, g[n0 : n0 + step])
+        dwf = weight_grad_spectrum(lay, xf, gf, dwf)
+    assert dwf is not None
+    return weight_grad_from_spectra(lay, dwf)
