@@ -23,6 +23,7 @@ from fftbp._params import (
 )
 from fftbp.kernels import direct as _direct
 from fftbp.kernels import fft as _fft
+from fftbp.kernels import fft_depthwise as _fdw
 from fftbp.planning import METHODS, choose_method
 
 __all__ = ["conv", "conv_input_grad", "conv_weight_grad", "Conv", "Grads"]
@@ -77,7 +78,10 @@ def conv(input: Any, weight: Any, bias: Any = None, stride: IntOrTuple = 1,
     m = _resolve(method, spec)
     with blas_single_threaded():
         if m == "fft":
-            return _fft.forward(_layout(spec), x, w, b)
+            lay = _layout(spec)
+            if spec.is_depthwise:
+                return _fdw.forward(lay, x, _fdw.weight_spectrum(lay, w), b, keep_xf=False)[0]
+            return _fft.forward(lay, x, w, b)
     return _direct.forward(spec, x, w, b)
 
 
@@ -104,7 +108,11 @@ def conv_input_grad(input_shape: Any, weight: Any, grad_output: Any, stride: Int
     m = _resolve(method, spec)
     with blas_single_threaded():
         if m == "fft":
-            return _fft.input_grad(_layout(spec), w, g)
+            lay = _layout(spec)
+            if spec.is_depthwise:
+                wf = _fdw.weight_spectrum(lay, w)
+                return _fdw.backward(lay, g, wf, need_dw=False)[0]
+            return _fft.input_grad(lay, w, g)
     return _direct.input_grad(spec, w, g)
 
 
@@ -121,7 +129,10 @@ def conv_weight_grad(input: Any, weight_shape: Any, grad_output: Any, stride: In
     m = _resolve(method, spec)
     with blas_single_threaded():
         if m == "fft":
-            return _fft.weight_grad(_layout(spec), x, g)
+            lay = _layout(spec)
+            if spec.is_depthwise:
+                return _fdw.backward(lay, g, None, x=x, need_dx=False)[1]
+            return _fft.weight_grad(lay, x, g)
     return _direct.weight_grad(spec, x, g)
 
 
@@ -185,6 +196,7 @@ class Conv:
         self._wf_key: tuple[Any, ...] | None = None
         self._w_snapshot: np.ndarray | None = None
         self._saved: dict[str, Any] | None = None
+        self._ws: dict[str, np.ndarray] = {}
 
     @property
     def weight(self) -> np.ndarray:
@@ -203,9 +215,11 @@ class Conv:
         return self._w_snapshot is None or not np.array_equal(self._weight, self._w_snapshot)
 
     def _weight_spectrum(self, lay: _fft.FFTLayout) -> np.ndarray:
-        key = (lay.shape, lay.spec.kernel, lay.spec.dilation, lay.spec.groups)
+        depthwise = lay.spec.is_depthwise
+        key = (lay.shape, lay.spec.kernel, lay.spec.dilation, lay.spec.groups, depthwise)
         if self._wf is None or self._wf_key != key or self._weight_changed():
-            self._wf = _fft.weight_spectrum(lay, self._weight)
+            make = _fdw.weight_spectrum if depthwise else _fft.weight_spectrum
+            self._wf = make(lay, self._weight)
             self._wf_key = key
             self._w_snapshot = np.array(self._weight, copy=True)
         return self._wf
@@ -224,10 +238,19 @@ class Conv:
                 lay = _layout(spec)
                 wf = self._weight_spectrum(lay)
                 saved["layout"] = lay
+                if spec.is_depthwise:
+                    keep = lay.spectrum_bytes(spec.batch * spec.in_channels) <= get_workspace_limit()
+                    y, xf = _fdw.forward(lay, x, wf, self.bias, keep_xf=keep,
+                                         xf_out=self._ws.get("xf"))
+                    if xf is not None:
+                        self._ws["xf"] = xf
+                    saved.update({"xf": xf} if keep else {"x": np.array(x, copy=True)})
+                    self._saved = saved
+                    return y
                 per_batch = lay.spectrum_bytes(spec.batch * (spec.in_channels + spec.out_channels))
                 if per_batch <= get_workspace_limit():
-                    xf = _fft.input_spectrum(lay, x)
-                    y = _fft.forward_from_spectra(lay, xf, wf, self.bias)
+                    xf = _fft.input_spectrum(lay, x, self._ws)
+                    y = _fft.forward_from_spectra(lay, xf, wf, self.bias, self._ws)
                     saved["xf"] = xf
                 else:
                     y = _fft.forward(lay, x, self._weight, self.bias, wf=wf)
@@ -266,12 +289,17 @@ class Conv:
                         "the gradients of that forward pass are no longer defined; "
                         "call forward() again"
                     )
-                if "xf" in saved:
-                    gf = _fft.grad_spectrum(lay, g)
+                if spec.is_depthwise:
+                    dx, dw = _fdw.backward(lay, g, self._weight_spectrum(lay), xf=saved.get("xf"),
+                                           x=saved.get("x"), need_dx=input_grad,
+                                           need_dw=weight_grad)
+                elif "xf" in saved:
+                    gf = _fft.grad_spectrum(lay, g, self._ws)
                     if input_grad:
-                        dx = _fft.input_grad_from_spectra(lay, gf, self._weight_spectrum(lay))
+                        dx = _fft.input_grad_from_spectra(lay, gf, self._weight_spectrum(lay),
+                                                          self._ws)
                     if weight_grad:
-                        dwf = _fft.weight_grad_spectrum(lay, saved["xf"], gf)
+                        dwf = _fft.weight_grad_spectrum(lay, saved["xf"], gf, ws=self._ws)
                         dw = _fft.weight_grad_from_spectra(lay, dwf)
                 else:
                     if input_grad:

@@ -35,6 +35,7 @@ MAX_PLANS = 256
 #: fill copy and the transform (1 MiB L2 per core on the reference machine).
 _SCRATCH_BYTES = 512 << 10
 _ALIGN = pyfftw.simd_alignment
+_FFTW_THREADS = 1
 
 FillFn = Callable[[np.ndarray, int, int], None]
 ReadFn = Callable[[np.ndarray, int, int], None]
@@ -172,3 +173,42 @@ def _run(forward: bool, spec: np.ndarray, shape: tuple[int, ...], io: FillFn) ->
     with _cache_lock:
         _stats["executes"] += sum(-(-(b - a) // sub) for a, b in ranges)
         _stats["forward_maps" if forward else "inverse_maps"] += total
+
+
+def owned_plan(forward: bool, b: int, shape: tuple[int, ...], real: np.dtype, slot: int) -> _Plan:
+    """A cached plan transforming ``b`` maps between two arrays it owns, in natural layout.
+
+    ``plan.fftw.input_array`` / ``plan.fftw.output_array`` are ``(b, *shape)`` real and
+    ``(b, *half)`` complex (swapped for the inverse). Hold ``plan.lock`` while using them.
+    """
+    effort = get_fftw_effort()
+    key = ("owned", forward, b, shape, real.str, slot, effort)
+    with _cache_lock:
+        plan = _cache.get(key)
+        if plan is not None:
+            _cache.move_to_end(key)
+            _stats["hits"] += 1
+            return plan
+        _stats["misses"] += 1
+    complex_dt = np.result_type(real, np.complex64)
+    half = (*shape[:-1], shape[-1] // 2 + 1)
+    r = pyfftw.empty_aligned((b, *shape), dtype=real, n=_ALIGN)
+    c = pyfftw.empty_aligned((b, *half), dtype=complex_dt, n=_ALIGN)
+    axes = tuple(range(1, len(shape) + 1))
+    flags = [effort, "FFTW_DESTROY_INPUT"]
+    if forward:
+        fftw = pyfftw.FFTW(r, c, axes=axes, direction="FFTW_FORWARD", flags=flags, threads=_FFTW_THREADS)
+    else:
+        fftw = pyfftw.FFTW(c, r, axes=axes, direction="FFTW_BACKWARD", flags=flags, threads=_FFTW_THREADS)
+    plan = _Plan(fftw, r)
+    with _cache_lock:
+        _cache[key] = plan
+        while len(_cache) > MAX_PLANS:
+            _cache.popitem(last=False)
+    return plan
+
+
+def count_maps(forward: bool, maps: int) -> None:
+    """Record ``maps`` transformed maps (for callers driving :func:`owned_plan` themselves)."""
+    with _cache_lock:
+        _stats["forward_maps" if forward else "inverse_maps"] += maps
