@@ -18,14 +18,14 @@ from contextlib import contextmanager
 from typing import Any
 
 __all__ = [
-    "get_num_threads",
-    "set_num_threads",
-    "get_workspace_limit",
-    "set_workspace_limit",
-    "get_fftw_effort",
-    "set_fftw_effort",
-    "parallel_map",
     "blas_single_threaded",
+    "get_fftw_effort",
+    "get_num_threads",
+    "get_workspace_limit",
+    "parallel_map",
+    "set_fftw_effort",
+    "set_num_threads",
+    "set_workspace_limit",
 ]
 
 _FFTW_EFFORTS = ("FFTW_ESTIMATE", "FFTW_MEASURE", "FFTW_PATIENT", "FFTW_EXHAUSTIVE")
@@ -139,12 +139,12 @@ def parallel_map(fn: Callable[[int, int, int], None], ranges: list[tuple[int, in
     error: BaseException | None = None
     try:
         fn(len(ranges) - 1, *ranges[-1])
-    except BaseException as exc:  # noqa: BLE001 - re-raised after the workers finish
+    except BaseException as exc:
         error = exc
     for fut in futures:
         try:
             fut.result()
-        except BaseException as exc:  # noqa: BLE001
+        except BaseException as exc:
             error = error or exc
     if error is not None:
         raise error

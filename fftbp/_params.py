@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["ConvSpec", "PaddingArg", "IntOrTuple", "normalize_float_array"]
+__all__ = ["ConvSpec", "IntOrTuple", "PaddingArg", "normalize_float_array"]
 
 IntOrTuple = int | Sequence[int]
 PaddingArg = int | str | Sequence[int] | Sequence[Sequence[int]]
@@ -144,7 +144,9 @@ class ConvSpec:
     def out_size(self) -> tuple[int, ...]:
         return tuple(
             (h + lo + hi - e) // s + 1
-            for h, (lo, hi), e, s in zip(self.in_size, self.padding, self.kernel_extent, self.stride)
+            for h, (lo, hi), e, s in zip(
+                self.in_size, self.padding, self.kernel_extent, self.stride
+            )
         )
 
     @property
@@ -270,5 +272,3 @@ def check_same_dtype(**arrays: np.ndarray | None) -> np.dtype:
 def check_method(method: Any, valid: Sequence[str]) -> None:
     if not isinstance(method, str) or method not in valid:
         raise ValueError(f"method: expected one of {', '.join(map(repr, valid))}, got {method!r}")
-
-

@@ -26,7 +26,7 @@ from fftbp.kernels import fft as _fft
 from fftbp.kernels import fft_depthwise as _fdw
 from fftbp.planning import METHODS, choose_method
 
-__all__ = ["conv", "conv_input_grad", "conv_weight_grad", "Conv", "Grads"]
+__all__ = ["Conv", "Grads", "conv", "conv_input_grad", "conv_weight_grad"]
 
 
 def _resolve(method: Any, spec: ConvSpec) -> str:
@@ -50,9 +50,17 @@ def _layout(spec: ConvSpec) -> _fft.FFTLayout:
     return _fft.layout(spec)
 
 
-def conv(input: Any, weight: Any, bias: Any = None, stride: IntOrTuple = 1,
-         padding: PaddingArg = 0, dilation: IntOrTuple = 1, groups: int = 1, *,
-         method: str = "auto") -> np.ndarray:
+def conv(
+    input: Any,
+    weight: Any,
+    bias: Any = None,
+    stride: IntOrTuple = 1,
+    padding: PaddingArg = 0,
+    dilation: IntOrTuple = 1,
+    groups: int = 1,
+    *,
+    method: str = "auto",
+) -> np.ndarray:
     """N-D convolution layer forward pass (cross-correlation), as ``torch.nn.functional.conv2d``.
 
     Parameters
@@ -91,9 +99,17 @@ def _check_grad(grad_output: Any, spec: ConvSpec) -> np.ndarray:
     return g
 
 
-def conv_input_grad(input_shape: Any, weight: Any, grad_output: Any, stride: IntOrTuple = 1,
-                    padding: PaddingArg = 0, dilation: IntOrTuple = 1, groups: int = 1, *,
-                    method: str = "auto") -> np.ndarray:
+def conv_input_grad(
+    input_shape: Any,
+    weight: Any,
+    grad_output: Any,
+    stride: IntOrTuple = 1,
+    padding: PaddingArg = 0,
+    dilation: IntOrTuple = 1,
+    groups: int = 1,
+    *,
+    method: str = "auto",
+) -> np.ndarray:
     """Gradient of :func:`conv` with respect to its input (``torch.nn.grad.conv2d_input``).
 
     ``input_shape`` is needed because with stride > 1 several input sizes give the same output.
@@ -101,8 +117,9 @@ def conv_input_grad(input_shape: Any, weight: Any, grad_output: Any, stride: Int
     """
     w = normalize_float_array("weight", weight)
     shape = _shape_arg("input_shape", input_shape, w.ndim)
-    spec = ConvSpec.from_shapes(shape, w.shape, stride, padding, dilation, groups, w.dtype,
-                                input_name="input_shape")
+    spec = ConvSpec.from_shapes(
+        shape, w.shape, stride, padding, dilation, groups, w.dtype, input_name="input_shape"
+    )
     g = _check_grad(grad_output, spec)
     check_same_dtype(weight=w, grad_output=g)
     m = _resolve(method, spec)
@@ -116,14 +133,23 @@ def conv_input_grad(input_shape: Any, weight: Any, grad_output: Any, stride: Int
     return _direct.input_grad(spec, w, g)
 
 
-def conv_weight_grad(input: Any, weight_shape: Any, grad_output: Any, stride: IntOrTuple = 1,
-                     padding: PaddingArg = 0, dilation: IntOrTuple = 1, groups: int = 1, *,
-                     method: str = "auto") -> np.ndarray:
+def conv_weight_grad(
+    input: Any,
+    weight_shape: Any,
+    grad_output: Any,
+    stride: IntOrTuple = 1,
+    padding: PaddingArg = 0,
+    dilation: IntOrTuple = 1,
+    groups: int = 1,
+    *,
+    method: str = "auto",
+) -> np.ndarray:
     """Gradient of :func:`conv` with respect to its weight (``torch.nn.grad.conv2d_weight``)."""
     x = normalize_float_array("input", input)
     shape = _shape_arg("weight_shape", weight_shape, x.ndim)
-    spec = ConvSpec.from_shapes(x.shape, shape, stride, padding, dilation, groups, x.dtype,
-                                weight_name="weight_shape")
+    spec = ConvSpec.from_shapes(
+        x.shape, shape, stride, padding, dilation, groups, x.dtype, weight_name="weight_shape"
+    )
     g = _check_grad(grad_output, spec)
     check_same_dtype(input=x, grad_output=g)
     m = _resolve(method, spec)
@@ -171,9 +197,17 @@ class Conv:
     when the spectrum was made, so ``w -= lr * dw`` just works).
     """
 
-    def __init__(self, weight: Any, bias: Any = None, stride: IntOrTuple = 1,
-                 padding: PaddingArg = 0, dilation: IntOrTuple = 1, groups: int = 1, *,
-                 method: str = "auto") -> None:
+    def __init__(
+        self,
+        weight: Any,
+        bias: Any = None,
+        stride: IntOrTuple = 1,
+        padding: PaddingArg = 0,
+        dilation: IntOrTuple = 1,
+        groups: int = 1,
+        *,
+        method: str = "auto",
+    ) -> None:
         check_method(method, METHODS)
         self.stride, self.padding, self.dilation, self.groups = stride, padding, dilation, groups
         self.method = method
@@ -208,8 +242,9 @@ class Conv:
 
     def update_weight(self, weight: Any = None, bias: Any = None) -> None:
         """Declare the weight changed (optionally replacing weight and/or bias)."""
-        self._set_weight(self._weight if weight is None else weight,
-                         self.bias if bias is None else bias)
+        self._set_weight(
+            self._weight if weight is None else weight, self.bias if bias is None else bias
+        )
 
     def _weight_changed(self) -> bool:
         return self._w_snapshot is None or not np.array_equal(self._weight, self._w_snapshot)
@@ -228,8 +263,15 @@ class Conv:
     def forward(self, x: Any) -> np.ndarray:
         """Output of the layer for ``x``; saves what :meth:`backward` needs."""
         x = normalize_float_array("input", x)
-        spec = ConvSpec.from_shapes(x.shape, self._weight.shape, self.stride, self.padding,
-                                    self.dilation, self.groups, x.dtype)
+        spec = ConvSpec.from_shapes(
+            x.shape,
+            self._weight.shape,
+            self.stride,
+            self.padding,
+            self.dilation,
+            self.groups,
+            x.dtype,
+        )
         check_same_dtype(input=x, weight=self._weight, bias=self.bias)
         m = _resolve(self.method, spec)
         saved: dict[str, Any] = {"spec": spec, "method": m}
@@ -239,9 +281,12 @@ class Conv:
                 wf = self._weight_spectrum(lay)
                 saved["layout"] = lay
                 if spec.is_depthwise:
-                    keep = lay.spectrum_bytes(spec.batch * spec.in_channels) <= get_workspace_limit()
-                    y, xf = _fdw.forward(lay, x, wf, self.bias, keep_xf=keep,
-                                         xf_out=self._ws.get("xf"))
+                    keep = (
+                        lay.spectrum_bytes(spec.batch * spec.in_channels) <= get_workspace_limit()
+                    )
+                    y, xf = _fdw.forward(
+                        lay, x, wf, self.bias, keep_xf=keep, xf_out=self._ws.get("xf")
+                    )
                     if xf is not None:
                         self._ws["xf"] = xf
                     saved.update({"xf": xf} if keep else {"x": np.array(x, copy=True)})
@@ -264,8 +309,9 @@ class Conv:
 
     __call__ = forward
 
-    def backward(self, grad_output: Any, *, input_grad: bool = True,
-                 weight_grad: bool = True) -> Grads:
+    def backward(
+        self, grad_output: Any, *, input_grad: bool = True, weight_grad: bool = True
+    ) -> Grads:
         """Gradients of the last :meth:`forward` for ``grad_output``.
 
         ``input_grad=False`` / ``weight_grad=False`` skip work nobody needs (e.g. a first layer).
@@ -290,14 +336,21 @@ class Conv:
                         "call forward() again"
                     )
                 if spec.is_depthwise:
-                    dx, dw = _fdw.backward(lay, g, self._weight_spectrum(lay), xf=saved.get("xf"),
-                                           x=saved.get("x"), need_dx=input_grad,
-                                           need_dw=weight_grad)
+                    dx, dw = _fdw.backward(
+                        lay,
+                        g,
+                        self._weight_spectrum(lay),
+                        xf=saved.get("xf"),
+                        x=saved.get("x"),
+                        need_dx=input_grad,
+                        need_dw=weight_grad,
+                    )
                 elif "xf" in saved:
                     gf = _fft.grad_spectrum(lay, g, self._ws)
                     if input_grad:
-                        dx = _fft.input_grad_from_spectra(lay, gf, self._weight_spectrum(lay),
-                                                          self._ws)
+                        dx = _fft.input_grad_from_spectra(
+                            lay, gf, self._weight_spectrum(lay), self._ws
+                        )
                     if weight_grad:
                         dwf = _fft.weight_grad_spectrum(lay, saved["xf"], gf, ws=self._ws)
                         dw = _fft.weight_grad_from_spectra(lay, dwf)
@@ -314,6 +367,8 @@ class Conv:
         return Grads(dx, dw, gb)
 
     def __repr__(self) -> str:
-        return (f"Conv(weight{self._weight.shape}, bias={'yes' if self.bias is not None else 'no'}, "
-                f"stride={self.stride!r}, padding={self.padding!r}, dilation={self.dilation!r}, "
-                f"groups={self.groups!r}, method={self.method!r})")
+        return (
+            f"Conv(weight{self._weight.shape}, bias={'yes' if self.bias is not None else 'no'}, "
+            f"stride={self.stride!r}, padding={self.padding!r}, dilation={self.dilation!r}, "
+            f"groups={self.groups!r}, method={self.method!r})"
+        )

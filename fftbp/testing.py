@@ -16,11 +16,11 @@ from numpy.lib.stride_tricks import sliding_window_view
 from fftbp._params import ConvSpec, IntOrTuple, PaddingArg
 
 __all__ = [
+    "TOLERANCE",
     "reference_conv",
     "reference_input_grad",
     "reference_weight_grad",
     "relative_error",
-    "TOLERANCE",
 ]
 
 #: Relative L2 error allowed against the float64 reference, by dtype.
@@ -49,8 +49,15 @@ def _letters(nd: int) -> tuple[str, str]:
     return "pqr"[:nd], "uvw"[:nd]
 
 
-def reference_conv(x: Any, w: Any, bias: Any = None, stride: IntOrTuple = 1,
-                   padding: PaddingArg = 0, dilation: IntOrTuple = 1, groups: int = 1) -> np.ndarray:
+def reference_conv(
+    x: Any,
+    w: Any,
+    bias: Any = None,
+    stride: IntOrTuple = 1,
+    padding: PaddingArg = 0,
+    dilation: IntOrTuple = 1,
+    groups: int = 1,
+) -> np.ndarray:
     """Forward pass in float64: ``y[n,f,o] = sum_{c,k} x_pad[n,c,o*s+k*d] w[f,c,k] + b[f]``."""
     x, w = np.asarray(x), np.asarray(w)
     spec = ConvSpec.from_shapes(x.shape, w.shape, stride, padding, dilation, groups, np.float64)
@@ -66,9 +73,15 @@ def reference_conv(x: Any, w: Any, bias: Any = None, stride: IntOrTuple = 1,
     return y
 
 
-def reference_input_grad(input_shape: tuple[int, ...], w: Any, grad_output: Any,
-                         stride: IntOrTuple = 1, padding: PaddingArg = 0,
-                         dilation: IntOrTuple = 1, groups: int = 1) -> np.ndarray:
+def reference_input_grad(
+    input_shape: tuple[int, ...],
+    w: Any,
+    grad_output: Any,
+    stride: IntOrTuple = 1,
+    padding: PaddingArg = 0,
+    dilation: IntOrTuple = 1,
+    groups: int = 1,
+) -> np.ndarray:
     """Input gradient in float64, by scattering ``g[o] * w[k]`` to ``x_pad[o*s + k*d]``."""
     w = np.asarray(w, dtype=np.float64)
     g = np.asarray(grad_output, dtype=np.float64)
@@ -80,21 +93,31 @@ def reference_input_grad(input_shape: tuple[int, ...], w: Any, grad_output: Any,
     wg = w.reshape(G, spec.out_channels // G, spec.in_channels // G, *spec.kernel)
     o, _ = _letters(nd)
     for k in itertools.product(*(range(kk) for kk in spec.kernel)):
-        region = tuple(slice(ki * d, ki * d + (oo - 1) * s + 1, s)
-                       for ki, d, oo, s in zip(k, spec.dilation, spec.out_size, spec.stride))
+        region = tuple(
+            slice(ki * d, ki * d + (oo - 1) * s + 1, s)
+            for ki, d, oo, s in zip(k, spec.dilation, spec.out_size, spec.stride)
+        )
         contrib = np.einsum(f"ngf{o},gfc->ngc{o}", gg, wg[(Ellipsis, *k)])
         dxp[(slice(None),) * 3 + region] += contrib
     crop = tuple(slice(lo, lo + h) for h, (lo, _) in zip(spec.in_size, spec.padding))
     return dxp[(slice(None),) * 3 + crop].reshape(spec.input_shape)
 
 
-def reference_weight_grad(x: Any, weight_shape: tuple[int, ...], grad_output: Any,
-                          stride: IntOrTuple = 1, padding: PaddingArg = 0,
-                          dilation: IntOrTuple = 1, groups: int = 1) -> np.ndarray:
+def reference_weight_grad(
+    x: Any,
+    weight_shape: tuple[int, ...],
+    grad_output: Any,
+    stride: IntOrTuple = 1,
+    padding: PaddingArg = 0,
+    dilation: IntOrTuple = 1,
+    groups: int = 1,
+) -> np.ndarray:
     """Weight gradient in float64: ``dw[f,c,k] = sum_{n,o} g[n,f,o] x_pad[n,c,o*s+k*d]``."""
     x = np.asarray(x)
     g = np.asarray(grad_output, dtype=np.float64)
-    spec = ConvSpec.from_shapes(x.shape, weight_shape, stride, padding, dilation, groups, np.float64)
+    spec = ConvSpec.from_shapes(
+        x.shape, weight_shape, stride, padding, dilation, groups, np.float64
+    )
     G, nd = groups, spec.nd
     win = _padded_windows(spec, x)
     win = win.reshape(spec.batch, G, spec.in_channels // G, *win.shape[2:])

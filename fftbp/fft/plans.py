@@ -27,7 +27,7 @@ import pyfftw
 
 from fftbp._config import get_fftw_effort, get_num_threads, parallel_map, split_range
 
-__all__ = ["rfft_batch", "irfft_batch", "clear_plan_cache", "plan_cache_info", "MAX_PLANS"]
+__all__ = ["MAX_PLANS", "clear_plan_cache", "irfft_batch", "plan_cache_info", "rfft_batch"]
 
 #: Most plans kept; each holds a scratch array of at most ``_SCRATCH_BYTES``.
 MAX_PLANS = 256
@@ -42,7 +42,7 @@ ReadFn = Callable[[np.ndarray, int, int], None]
 
 
 class _Plan:
-    __slots__ = ("fftw", "scratch", "lock")
+    __slots__ = ("fftw", "lock", "scratch")
 
     def __init__(self, fftw: Any, scratch: np.ndarray) -> None:
         self.fftw = fftw
@@ -69,8 +69,9 @@ def plan_cache_info() -> dict[str, int]:
         return {**_stats, "size": len(_cache)}
 
 
-def _strided_scratch(shape: tuple[int, ...], strides: tuple[int, ...], dtype: np.dtype,
-                     aligned: bool) -> np.ndarray:
+def _strided_scratch(
+    shape: tuple[int, ...], strides: tuple[int, ...], dtype: np.dtype, aligned: bool
+) -> np.ndarray:
     """A throw-away array with the given geometry, to plan on (MEASURE overwrites it)."""
     span = sum((n - 1) * s for n, s in zip(shape, strides)) + dtype.itemsize
     raw = pyfftw.empty_aligned(span + _ALIGN, dtype=np.uint8, n=_ALIGN)
@@ -79,8 +80,9 @@ def _strided_scratch(shape: tuple[int, ...], strides: tuple[int, ...], dtype: np
     return np.lib.stride_tricks.as_strided(base, shape=shape, strides=strides)
 
 
-def _get_plan(forward: bool, b: int, shape: tuple[int, ...], real: np.dtype,
-              spec_view: np.ndarray, slot: int) -> _Plan:
+def _get_plan(
+    forward: bool, b: int, shape: tuple[int, ...], real: np.dtype, spec_view: np.ndarray, slot: int
+) -> _Plan:
     aligned = spec_view.ctypes.data % _ALIGN == 0
     effort = get_fftw_effort()
     key = (forward, b, shape, real.str, spec_view.shape, spec_view.strides, aligned, slot, effort)
@@ -101,11 +103,13 @@ def _get_plan(forward: bool, b: int, shape: tuple[int, ...], real: np.dtype,
     # The spectrum view is (*half, b); FFTW sees it as (b, *half) through a transposed view.
     spec_t = np.moveaxis(spec, -1, 0)
     if forward:
-        fftw = pyfftw.FFTW(scratch, spec_t, axes=axes, direction="FFTW_FORWARD",
-                           flags=flags, threads=1)
+        fftw = pyfftw.FFTW(
+            scratch, spec_t, axes=axes, direction="FFTW_FORWARD", flags=flags, threads=1
+        )
     else:
-        fftw = pyfftw.FFTW(spec_t, scratch, axes=axes, direction="FFTW_BACKWARD",
-                           flags=flags, threads=1)
+        fftw = pyfftw.FFTW(
+            spec_t, scratch, axes=axes, direction="FFTW_BACKWARD", flags=flags, threads=1
+        )
     plan = _Plan(fftw, scratch)
     with _cache_lock:
         _cache[key] = plan
@@ -114,7 +118,9 @@ def _get_plan(forward: bool, b: int, shape: tuple[int, ...], real: np.dtype,
     return plan
 
 
-def _chunking(total: int, shape: tuple[int, ...], real: np.dtype) -> tuple[list[tuple[int, int]], int]:
+def _chunking(
+    total: int, shape: tuple[int, ...], real: np.dtype
+) -> tuple[list[tuple[int, int]], int]:
     map_bytes = math.prod(shape) * real.itemsize
     ranges = split_range(total, get_num_threads(), align=8)
     per = max(b - a for a, b in ranges)
@@ -197,9 +203,13 @@ def owned_plan(forward: bool, b: int, shape: tuple[int, ...], real: np.dtype, sl
     axes = tuple(range(1, len(shape) + 1))
     flags = [effort, "FFTW_DESTROY_INPUT"]
     if forward:
-        fftw = pyfftw.FFTW(r, c, axes=axes, direction="FFTW_FORWARD", flags=flags, threads=_FFTW_THREADS)
+        fftw = pyfftw.FFTW(
+            r, c, axes=axes, direction="FFTW_FORWARD", flags=flags, threads=_FFTW_THREADS
+        )
     else:
-        fftw = pyfftw.FFTW(c, r, axes=axes, direction="FFTW_BACKWARD", flags=flags, threads=_FFTW_THREADS)
+        fftw = pyfftw.FFTW(
+            c, r, axes=axes, direction="FFTW_BACKWARD", flags=flags, threads=_FFTW_THREADS
+        )
     plan = _Plan(fftw, r)
     with _cache_lock:
         _cache[key] = plan

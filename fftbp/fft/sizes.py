@@ -24,9 +24,11 @@ def min_transform_len(h: int, lo: int, extent: int, stride: int, out: int) -> in
     ``[0, extent)``, output ``o`` reads lags ``o*stride .. o*stride + extent - 1``. Wrap-around
     is avoided iff ``M >= h + lo`` (the input's last sample never reaches the first lag) and
     ``M >= (out - 1)*stride + extent - lo`` (the last lag never wraps onto the input's start).
-    For stride 1 and padding (lo, hi) this is ``h + max(lo, hi)``.
+    For stride 1 and padding (lo, hi) this is ``h + max(lo, hi)``. The buffers must also hold
+    the kernel (``extent``) and the upsampled grad_output (``(out - 1)*stride + 1``), which only
+    binds when the padding exceeds the kernel.
     """
-    return max(h + lo, (out - 1) * stride + extent - lo, extent, 1)
+    return max(h + lo, (out - 1) * stride + extent - lo, extent, (out - 1) * stride + 1)
 
 
 def transform_shape(spec: ConvSpec) -> tuple[int, ...]:

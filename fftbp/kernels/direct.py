@@ -23,7 +23,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 from fftbp._config import get_workspace_limit
 from fftbp._params import ConvSpec
 
-__all__ = ["forward", "input_grad", "weight_grad", "pad_or_crop"]
+__all__ = ["forward", "input_grad", "pad_or_crop", "weight_grad"]
 
 _BLOCK_CAP = 128 << 20
 
@@ -32,14 +32,17 @@ def pad_or_crop(x: np.ndarray, pairs: tuple[tuple[int, int], ...]) -> np.ndarray
     """Zero-pad (positive) or crop (negative) the trailing ``len(pairs)`` axes of ``x``."""
     nd = len(pairs)
     lead = x.ndim - nd
-    crop = tuple(slice(max(-lo, 0), x.shape[lead + i] - max(-hi, 0))
-                 for i, (lo, hi) in enumerate(pairs))
+    crop = tuple(
+        slice(max(-lo, 0), x.shape[lead + i] - max(-hi, 0)) for i, (lo, hi) in enumerate(pairs)
+    )
     x = x[(slice(None),) * lead + crop]
     if all(lo <= 0 and hi <= 0 for lo, hi in pairs):
         return x
     size = tuple(x.shape[lead + i] + max(lo, 0) + max(hi, 0) for i, (lo, hi) in enumerate(pairs))
     out = np.zeros(x.shape[:lead] + size, dtype=x.dtype)
-    inner = tuple(slice(max(lo, 0), max(lo, 0) + x.shape[lead + i]) for i, (lo, _) in enumerate(pairs))
+    inner = tuple(
+        slice(max(lo, 0), max(lo, 0) + x.shape[lead + i]) for i, (lo, _) in enumerate(pairs)
+    )
     out[(slice(None),) * lead + inner] = x
     return out
 
@@ -57,8 +60,12 @@ def _windows(spec: ConvSpec, x: np.ndarray) -> np.ndarray:
 def _blocks(spec: ConvSpec) -> Iterator[tuple[slice, slice]]:
     """(sample slice, first-output-axis slice) blocks whose unfolded matrix fits the budget."""
     budget = min(get_workspace_limit(), _BLOCK_CAP)
-    row_bytes = (spec.in_channels * math.prod(spec.kernel) * math.prod(spec.out_size[1:])
-                 * spec.dtype.itemsize)
+    row_bytes = (
+        spec.in_channels
+        * math.prod(spec.kernel)
+        * math.prod(spec.out_size[1:])
+        * spec.dtype.itemsize
+    )
     rows = max(1, min(spec.out_size[0], budget // row_bytes))
     if rows < spec.out_size[0]:
         for n in range(spec.batch):
@@ -70,7 +77,9 @@ def _blocks(spec: ConvSpec) -> Iterator[tuple[slice, slice]]:
         yield slice(n0, n0 + per), slice(None)
 
 
-def _cols(spec: ConvSpec, win: np.ndarray, ns: slice, rs: slice) -> tuple[np.ndarray, tuple[int, ...]]:
+def _cols(
+    spec: ConvSpec, win: np.ndarray, ns: slice, rs: slice
+) -> tuple[np.ndarray, tuple[int, ...]]:
     """Unfold one block into a ``(groups, n*out, C/g * K)`` matrix (the im2col copy)."""
     nd, g = spec.nd, spec.groups
     blk = win[ns, :, rs]
@@ -82,7 +91,9 @@ def _cols(spec: ConvSpec, win: np.ndarray, ns: slice, rs: slice) -> tuple[np.nda
     return cols.reshape(g, n * math.prod(out), -1), out
 
 
-def forward(spec: ConvSpec, x: np.ndarray, w: np.ndarray, bias: np.ndarray | None = None) -> np.ndarray:
+def forward(
+    spec: ConvSpec, x: np.ndarray, w: np.ndarray, bias: np.ndarray | None = None
+) -> np.ndarray:
     """y = conv(x, w) + bias by im2col + GEMM; returns ``(N, F, *out)``."""
     g, nd = spec.groups, spec.nd
     fg = spec.out_channels // g
@@ -120,8 +131,18 @@ def input_grad(spec: ConvSpec, w: np.ndarray, g: np.ndarray) -> np.ndarray:
     flip = (slice(None),) * 3 + (slice(None, None, -1),) * nd
     wt = w.reshape(groups, fg, cg, *spec.kernel)[flip].transpose(0, 2, 1, *range(3, 3 + nd))
     wt = wt.reshape(spec.in_channels, fg, *spec.kernel)
-    t_spec = ConvSpec(spec.batch, spec.out_channels, spec.in_channels, gp.shape[2:], spec.kernel,
-                      (1,) * nd, ((0, 0),) * nd, spec.dilation, groups, spec.dtype)
+    t_spec = ConvSpec(
+        spec.batch,
+        spec.out_channels,
+        spec.in_channels,
+        gp.shape[2:],
+        spec.kernel,
+        (1,) * nd,
+        ((0, 0),) * nd,
+        spec.dilation,
+        groups,
+        spec.dtype,
+    )
     return forward(t_spec, gp, wt)
 
 
@@ -130,8 +151,9 @@ def weight_grad(spec: ConvSpec, x: np.ndarray, g: np.ndarray) -> np.ndarray:
     groups, nd = spec.groups, spec.nd
     fg = spec.out_channels // groups
     win = _windows(spec, x)
-    dw = np.zeros((groups, fg, (spec.in_channels // groups) * math.prod(spec.kernel)),
-                  dtype=spec.dtype)
+    dw = np.zeros(
+        (groups, fg, (spec.in_channels // groups) * math.prod(spec.kernel)), dtype=spec.dtype
+    )
     for ns, rs in _blocks(spec):
         cols, out = _cols(spec, win, ns, rs)
         gb = g[ns, :, rs]

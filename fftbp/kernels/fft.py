@@ -51,16 +51,16 @@ from fftbp.fft import irfft_batch, rfft_batch, transform_shape
 
 __all__ = [
     "FFTLayout",
-    "layout",
-    "input_spectrum",
-    "weight_spectrum",
-    "grad_spectrum",
     "forward",
-    "input_grad",
-    "weight_grad",
     "forward_from_spectra",
+    "grad_spectrum",
+    "input_grad",
     "input_grad_from_spectra",
+    "input_spectrum",
+    "layout",
+    "weight_grad",
     "weight_grad_from_spectra",
+    "weight_spectrum",
 ]
 
 Index = slice | np.ndarray
@@ -113,8 +113,9 @@ class FFTLayout:
     def spectrum_bytes(self, maps: int) -> int:
         return self.nfreq * maps * self.complex_dtype.itemsize
 
-    def spectrum(self, maps: int, ws: dict[str, np.ndarray] | None = None,
-                 name: str = "") -> np.ndarray:
+    def spectrum(
+        self, maps: int, ws: dict[str, np.ndarray] | None = None, name: str = ""
+    ) -> np.ndarray:
         """A frequency-major buffer, reused from the workspace ``ws`` under ``name`` if it fits.
 
         Reusing buffers across steps matters: a fresh 40 MB array costs 5-35 ms of page faults
@@ -155,8 +156,14 @@ def layout(spec: ConvSpec, shape: tuple[int, ...] | None = None) -> FFTLayout:
 
 
 # -- spectra -------------------------------------------------------------------------------------
-def _spectrum(lay: FFTLayout, src: np.ndarray, place: tuple[slice, ...], flip: bool,
-              ws: dict[str, np.ndarray] | None = None, name: str = "") -> np.ndarray:
+def _spectrum(
+    lay: FFTLayout,
+    src: np.ndarray,
+    place: tuple[slice, ...],
+    flip: bool,
+    ws: dict[str, np.ndarray] | None = None,
+    name: str = "",
+) -> np.ndarray:
     """rfft of every map of ``src`` (shape ``(B, *size)``) placed at ``place`` in a zero buffer."""
     spec_arr = lay.spectrum(src.shape[0], ws, name)
     if flip:
@@ -171,8 +178,9 @@ def _spectrum(lay: FFTLayout, src: np.ndarray, place: tuple[slice, ...], flip: b
     return spec_arr
 
 
-def input_spectrum(lay: FFTLayout, x: np.ndarray,
-                   ws: dict[str, np.ndarray] | None = None) -> np.ndarray:
+def input_spectrum(
+    lay: FFTLayout, x: np.ndarray, ws: dict[str, np.ndarray] | None = None
+) -> np.ndarray:
     """Xf: spectrum of each input map placed reversed at the buffer's start; ``(*half, n*C)``."""
     flat = x.reshape(-1, *lay.spec.in_size)
     return _spectrum(lay, flat, tuple(slice(0, h) for h in lay.spec.in_size), True, ws, "xf")
@@ -185,8 +193,9 @@ def weight_spectrum(lay: FFTLayout, w: np.ndarray) -> np.ndarray:
     return _spectrum(lay, flat, place, flip=False)
 
 
-def grad_spectrum(lay: FFTLayout, g: np.ndarray,
-                  ws: dict[str, np.ndarray] | None = None) -> np.ndarray:
+def grad_spectrum(
+    lay: FFTLayout, g: np.ndarray, ws: dict[str, np.ndarray] | None = None
+) -> np.ndarray:
     """Gf: spectrum of each grad_output map upsampled by the stride; ``(*half, n*F)``."""
     flat = g.reshape(-1, *lay.spec.out_size)
     place = tuple(slice(0, (o - 1) * s + 1, s) for o, s in zip(lay.spec.out_size, lay.spec.stride))
@@ -194,6 +203,7 @@ def grad_spectrum(lay: FFTLayout, g: np.ndarray,
 
 
 # -- channel products at each frequency ----------------------------------------------------------
+
 
 def _block_len(bytes_per_freq: int) -> int:
     """Frequencies per inner block so that the block's operands stay in L2 (~256 KiB)."""
@@ -205,8 +215,14 @@ def _view(arr: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     return np.reshape(arr, shape, copy=False)
 
 
-def _product(lay: FFTLayout, kind: str, a: np.ndarray, b: np.ndarray, out: np.ndarray,
-             accumulate: bool = False) -> None:
+def _product(
+    lay: FFTLayout,
+    kind: str,
+    a: np.ndarray,
+    b: np.ndarray,
+    out: np.ndarray,
+    accumulate: bool = False,
+) -> None:
     """Per-frequency channel contraction of one pass; see the table in the module docstring.
 
     Shapes (Q frequencies, n batch, g groups, Cg/Fg channels per group), all frequency-major:
@@ -263,8 +279,13 @@ def _product(lay: FFTLayout, kind: str, a: np.ndarray, b: np.ndarray, out: np.nd
 
 
 # -- read-out ------------------------------------------------------------------------------------
-def _inverse(lay: FFTLayout, spectrum: np.ndarray, out_flat: np.ndarray,
-             index: tuple[Index, ...], bias_rows: np.ndarray | None = None) -> None:
+def _inverse(
+    lay: FFTLayout,
+    spectrum: np.ndarray,
+    out_flat: np.ndarray,
+    index: tuple[Index, ...],
+    bias_rows: np.ndarray | None = None,
+) -> None:
     """irfft each map of ``spectrum`` and write ``scale * map[index] (+ bias)`` to ``out_flat``."""
     scale = lay.scale
     extra = (None,) * lay.spec.nd
@@ -278,9 +299,13 @@ def _inverse(lay: FFTLayout, spectrum: np.ndarray, out_flat: np.ndarray,
     irfft_batch(spectrum, lay.shape, read)
 
 
-def forward_from_spectra(lay: FFTLayout, xf: np.ndarray, wf: np.ndarray,
-                         bias: np.ndarray | None = None,
-                         ws: dict[str, np.ndarray] | None = None) -> np.ndarray:
+def forward_from_spectra(
+    lay: FFTLayout,
+    xf: np.ndarray,
+    wf: np.ndarray,
+    bias: np.ndarray | None = None,
+    ws: dict[str, np.ndarray] | None = None,
+) -> np.ndarray:
     """y from Xf (``(*half, n*C)``) and Wf; returns ``(n, F, *out)``."""
     spec = lay.spec
     n = xf.shape[-1] // spec.in_channels
@@ -292,8 +317,9 @@ def forward_from_spectra(lay: FFTLayout, xf: np.ndarray, wf: np.ndarray,
     return y
 
 
-def input_grad_from_spectra(lay: FFTLayout, gf: np.ndarray, wf: np.ndarray,
-                            ws: dict[str, np.ndarray] | None = None) -> np.ndarray:
+def input_grad_from_spectra(
+    lay: FFTLayout, gf: np.ndarray, wf: np.ndarray, ws: dict[str, np.ndarray] | None = None
+) -> np.ndarray:
     """dx from Gf (``(*half, n*F)``) and Wf; returns ``(n, C, *in)``."""
     spec = lay.spec
     n = gf.shape[-1] // spec.out_channels
@@ -304,9 +330,13 @@ def input_grad_from_spectra(lay: FFTLayout, gf: np.ndarray, wf: np.ndarray,
     return dx
 
 
-def weight_grad_spectrum(lay: FFTLayout, xf: np.ndarray, gf: np.ndarray,
-                         out: np.ndarray | None = None,
-                         ws: dict[str, np.ndarray] | None = None) -> np.ndarray:
+def weight_grad_spectrum(
+    lay: FFTLayout,
+    xf: np.ndarray,
+    gf: np.ndarray,
+    out: np.ndarray | None = None,
+    ws: dict[str, np.ndarray] | None = None,
+) -> np.ndarray:
     """The weight gradient's spectrum ``sum_n Xf . Gf``, accumulated into ``out`` if given."""
     spec = lay.spec
     maps = spec.out_channels * (spec.in_channels // spec.groups)
@@ -333,8 +363,13 @@ def batch_chunk(lay: FFTLayout, maps_per_sample: int) -> int:
     return max(1, min(lay.spec.batch, get_workspace_limit() // max(per_sample, 1)))
 
 
-def forward(lay: FFTLayout, x: np.ndarray, w: np.ndarray, bias: np.ndarray | None = None,
-            wf: np.ndarray | None = None) -> np.ndarray:
+def forward(
+    lay: FFTLayout,
+    x: np.ndarray,
+    w: np.ndarray,
+    bias: np.ndarray | None = None,
+    wf: np.ndarray | None = None,
+) -> np.ndarray:
     """Forward pass by FFT, in batch chunks under the workspace limit."""
     spec = lay.spec
     wf = weight_spectrum(lay, w) if wf is None else wf
@@ -348,8 +383,9 @@ def forward(lay: FFTLayout, x: np.ndarray, w: np.ndarray, bias: np.ndarray | Non
     return y
 
 
-def input_grad(lay: FFTLayout, w: np.ndarray, g: np.ndarray,
-               wf: np.ndarray | None = None) -> np.ndarray:
+def input_grad(
+    lay: FFTLayout, w: np.ndarray, g: np.ndarray, wf: np.ndarray | None = None
+) -> np.ndarray:
     """Input gradient by FFT, in batch chunks under the workspace limit."""
     spec = lay.spec
     wf = weight_spectrum(lay, w) if wf is None else wf

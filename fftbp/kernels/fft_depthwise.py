@@ -23,7 +23,7 @@ from fftbp._config import get_num_threads, parallel_map, split_range
 from fftbp.fft.plans import count_maps, owned_plan
 from fftbp.kernels.fft import FFTLayout, _gather
 
-__all__ = ["weight_spectrum", "forward", "backward"]
+__all__ = ["backward", "forward", "weight_spectrum"]
 
 _SCRATCH_BYTES = 1 << 20
 
@@ -40,7 +40,7 @@ def _tasks(batch: int, channels: int, step: int) -> list[tuple[int, int]]:
     return [(n, c0) for n in range(batch) for c0 in range(0, channels, step)]
 
 
-def _run_tasks(tasks: list[tuple[int, int]], body) -> None:  # noqa: ANN001
+def _run_tasks(tasks: list[tuple[int, int]], body) -> None:
     ranges = split_range(len(tasks), get_num_threads())
 
     def work(slot: int, a: int, b: int) -> None:
@@ -84,8 +84,14 @@ def _flip(a: np.ndarray) -> np.ndarray:
     return a[(slice(None),) + (slice(None, None, -1),) * (a.ndim - 1)]
 
 
-def forward(lay: FFTLayout, x: np.ndarray, wf: np.ndarray, bias: np.ndarray | None,
-            keep_xf: bool, xf_out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+def forward(
+    lay: FFTLayout,
+    x: np.ndarray,
+    wf: np.ndarray,
+    bias: np.ndarray | None,
+    keep_xf: bool,
+    xf_out: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray | None]:
     """y (and Xf if ``keep_xf``, written into ``xf_out`` when it has the right shape)."""
     spec = lay.spec
     n_, c_, f_ = spec.batch, spec.in_channels, spec.out_channels
@@ -128,9 +134,16 @@ def forward(lay: FFTLayout, x: np.ndarray, wf: np.ndarray, bias: np.ndarray | No
     return y, xf
 
 
-def backward(lay: FFTLayout, g: np.ndarray, wf: np.ndarray | None, *, xf: np.ndarray | None = None,
-             x: np.ndarray | None = None, need_dx: bool = True,
-             need_dw: bool = True) -> tuple[np.ndarray | None, np.ndarray | None]:
+def backward(
+    lay: FFTLayout,
+    g: np.ndarray,
+    wf: np.ndarray | None,
+    *,
+    xf: np.ndarray | None = None,
+    x: np.ndarray | None = None,
+    need_dx: bool = True,
+    need_dw: bool = True,
+) -> tuple[np.ndarray | None, np.ndarray | None]:
     """dx and dw of a depthwise layer from one transform of grad_output.
 
     The weight gradient needs Xf: pass the one kept by :func:`forward`, or ``x`` to recompute it
@@ -150,8 +163,11 @@ def backward(lay: FFTLayout, g: np.ndarray, wf: np.ndarray | None, *, xf: np.nda
         raise ValueError("backward: the input gradient needs wf")
     wf_c = None if wf is None else wf.reshape(c_, m, *lay.half_shape)
     threads = get_num_threads()
-    acc = [np.zeros((c_, m, *lay.half_shape), dtype=lay.complex_dtype) for _ in range(threads)] \
-        if need_dw else []
+    acc = (
+        [np.zeros((c_, m, *lay.half_shape), dtype=lay.complex_dtype) for _ in range(threads)]
+        if need_dw
+        else []
+    )
     step = _chunk(lay, c_, m + 1)
     scale = lay.scale
 
@@ -181,8 +197,11 @@ def backward(lay: FFTLayout, g: np.ndarray, wf: np.ndarray | None, *, xf: np.nda
                     else:
                         np.sum(gs * wf_c[c0 : c0 + step], axis=1, out=prod)
                     ip.fftw.execute()
-                    np.multiply(_gather(ip.fftw.output_array, lay.dx_index), scale,
-                                out=dxflat[b0 : b0 + step])
+                    np.multiply(
+                        _gather(ip.fftw.output_array, lay.dx_index),
+                        scale,
+                        out=dxflat[b0 : b0 + step],
+                    )
             if xs is not None:
                 acc[slot][c0 : c0 + step] += gs * xs[:, None]
 
@@ -205,8 +224,9 @@ def backward(lay: FFTLayout, g: np.ndarray, wf: np.ndarray | None, *, xf: np.nda
             with p.lock:
                 p.fftw.input_array[...] = tflat[f0 : f0 + step_f]
                 p.fftw.execute()
-                np.multiply(_gather(p.fftw.output_array, lay.dw_index), scale,
-                            out=dwflat[f0 : f0 + step_f])
+                np.multiply(
+                    _gather(p.fftw.output_array, lay.dw_index), scale, out=dwflat[f0 : f0 + step_f]
+                )
 
         _run_tasks(_tasks(1, f_, step_f), inv)
         count_maps(False, f_)

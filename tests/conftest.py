@@ -1,0 +1,13 @@
+import numpy as np
+import pytest
+
+import fftbp
+
+# FFTW_MEASURE plans cost 0.1-1 s each; the numerics do not depend on the planner effort, so the
+# suite plans with FFTW_ESTIMATE (one test in test_fft_plans.py covers FFTW_MEASURE).
+fftbp.set_fftw_effort("FFTW_ESTIMATE")
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(1234)

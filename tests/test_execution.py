@@ -1,0 +1,170 @@
+"""Threads, workspace chunking, plan cache and FFT sizes."""
+
+import threading
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import fftbp
+from fftbp._params import ConvSpec
+from fftbp.fft import plan_cache_info, transform_shape
+from fftbp.fft.plans import MAX_PLANS
+from fftbp.testing import (
+    reference_conv,
+    reference_input_grad,
+    reference_weight_grad,
+    relative_error,
+)
+
+
+def test_transform_size_is_minimal_not_padded_extent():
+    spec = ConvSpec.from_shapes((8, 32, 64, 64), (32, 32, 31, 31), padding="same")
+    assert transform_shape(spec) == (80, 80)  # 64 + 15 + 1 -> next fast length 80, not 96
+    spec = ConvSpec.from_shapes((1, 1, 64), (1, 1, 7), padding=(2,))
+    assert transform_shape(spec) == (66,)  # 64 + max(2, 2) = 66 = 2*3*11 is FFTW-fast
+
+
+@pytest.mark.parametrize("method", ["fft", "direct"])
+def test_workspace_limit_chunks_and_agrees(method, rng):
+    x = rng.standard_normal((5, 3, 20, 20))
+    w = rng.standard_normal((4, 3, 5, 5))
+    g = rng.standard_normal((5, 4, 20, 20))
+    full = [
+        fftbp.conv(x, w, padding=2, method=method),
+        fftbp.conv_input_grad(x.shape, w, g, padding=2, method=method),
+        fftbp.conv_weight_grad(x, w.shape, g, padding=2, method=method),
+    ]
+    old = fftbp.get_workspace_limit()
+    fftbp.set_workspace_limit(30_000)  # far below one sample's spectra: forces 1-sample chunks
+    try:
+        small = [
+            fftbp.conv(x, w, padding=2, method=method),
+            fftbp.conv_input_grad(x.shape, w, g, padding=2, method=method),
+            fftbp.conv_weight_grad(x, w.shape, g, padding=2, method=method),
+        ]
+        layer = fftbp.Conv(w, padding=2, method=method)
+        y = layer.forward(x)
+        grads = layer.backward(g)
+    finally:
+        fftbp.set_workspace_limit(old)
+    for a, b in zip(full, small):
+        assert relative_error(b, a) < 1e-12
+    assert relative_error(y, full[0]) < 1e-12
+    assert relative_error(grads.input, full[1]) < 1e-12
+    assert relative_error(grads.weight, full[2]) < 1e-12
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_results_do_not_depend_on_thread_count(threads, rng):
+    x = rng.standard_normal((4, 8, 24, 24))
+    w = rng.standard_normal((8, 8, 7, 7))
+    ref = reference_conv(x, w, padding=3)
+    old = fftbp.get_num_threads()
+    fftbp.set_num_threads(threads)
+    try:
+        assert relative_error(fftbp.conv(x, w, padding=3, method="fft"), ref) < 1e-12
+    finally:
+        fftbp.set_num_threads(old)
+
+
+def test_concurrent_calls_from_several_threads(rng):
+    """Same and different shapes from 6 Python threads at once share the plan cache safely."""
+    layers = []
+    for i in range(6):
+        size = 20 if i % 2 else 17
+        groups = 1 if i % 3 else 4
+        x = rng.standard_normal((3, 4, size, size))
+        w = rng.standard_normal((4, 4 // groups, 5, 5))
+        g = rng.standard_normal((3, 4, size, size))
+        layers.append((x, w, g, groups))
+    errors: list[float] = []
+    failures: list[BaseException] = []
+
+    def run(x, w, g, groups):
+        try:
+            for _ in range(5):
+                layer = fftbp.Conv(w, padding=2, groups=groups, method="fft")
+                y = layer.forward(x)
+                grads = layer.backward(g)
+                errors.append(relative_error(y, reference_conv(x, w, padding=2, groups=groups)))
+                errors.append(
+                    relative_error(
+                        grads.input, reference_input_grad(x.shape, w, g, padding=2, groups=groups)
+                    )
+                )
+                errors.append(
+                    relative_error(
+                        grads.weight, reference_weight_grad(x, w.shape, g, padding=2, groups=groups)
+                    )
+                )
+        except BaseException as exc:
+            failures.append(exc)
+
+    threads = [threading.Thread(target=run, args=a) for a in layers]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not failures
+    assert len(errors) == 6 * 5 * 3 and max(errors) < 1e-12
+
+
+def test_plan_cache_is_bounded(rng):
+    for n in range(3, 3 + MAX_PLANS // 8 + 5):
+        fftbp.conv(rng.standard_normal((1, 1, n)), rng.standard_normal((1, 1, 2)), method="fft")
+    assert plan_cache_info()["size"] <= MAX_PLANS
+
+
+def test_measure_effort_gives_the_same_result(rng):
+    x = rng.standard_normal((2, 3, 16, 16)).astype(np.float32)
+    w = rng.standard_normal((2, 3, 5, 5)).astype(np.float32)
+    fftbp.set_fftw_effort("FFTW_MEASURE")
+    try:
+        y = fftbp.conv(x, w, padding=2, method="fft")
+    finally:
+        fftbp.set_fftw_effort("FFTW_ESTIMATE")
+    assert relative_error(y, reference_conv(x, w, padding=2)) < 1e-5
+
+
+@st.composite
+def layer_specs(draw):
+    nd = draw(st.integers(1, 3))
+    groups = draw(st.sampled_from([1, 2, 3]))
+    cg, fg = draw(st.integers(1, 2)), draw(st.integers(1, 2))
+    kernel = tuple(draw(st.integers(1, 4)) for _ in range(nd))
+    dil = tuple(draw(st.integers(1, 2)) for _ in range(nd))
+    stride = tuple(draw(st.integers(1, 3)) for _ in range(nd))
+    pads = tuple((draw(st.integers(0, 3)), draw(st.integers(0, 3))) for _ in range(nd))
+    size = []
+    for k, d, (lo, hi) in zip(kernel, dil, pads):
+        ext = d * (k - 1) + 1
+        size.append(draw(st.integers(max(1, ext - lo - hi), 9)))
+    return dict(
+        n=draw(st.integers(1, 2)),
+        c=groups * cg,
+        f=groups * fg,
+        size=tuple(size),
+        kernel=kernel,
+        stride=stride,
+        padding=pads,
+        dilation=dil,
+        groups=groups,
+    )
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(layer_specs(), st.sampled_from(["fft", "direct"]), st.integers(0, 2**32 - 1))
+def test_random_layer_specs(p, method, seed):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((p["n"], p["c"], *p["size"]))
+    w = rng.standard_normal((p["f"], p["c"] // p["groups"], *p["kernel"]))
+    kw = dict(stride=p["stride"], padding=p["padding"], dilation=p["dilation"], groups=p["groups"])
+    y = fftbp.conv(x, w, **kw, method=method)
+    g = rng.standard_normal(y.shape)
+    assert relative_error(y, reference_conv(x, w, **kw)) < 1e-11
+    dx = fftbp.conv_input_grad(x.shape, w, g, **kw, method=method)
+    assert relative_error(dx, reference_input_grad(x.shape, w, g, **kw)) < 1e-11
+    dw = fftbp.conv_weight_grad(x, w.shape, g, **kw, method=method)
+    assert relative_error(dw, reference_weight_grad(x, w.shape, g, **kw)) < 1e-11

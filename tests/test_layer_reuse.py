@@ -1,0 +1,104 @@
+"""Cross-pass reuse of spectra in Conv: counted transforms, never a stale spectrum."""
+
+import numpy as np
+import pytest
+
+import fftbp
+from fftbp.fft import plan_cache_info
+from fftbp.testing import (
+    reference_conv,
+    reference_input_grad,
+    reference_weight_grad,
+    relative_error,
+)
+
+
+def _counts():
+    info = plan_cache_info()
+    return info["forward_maps"], info["inverse_maps"]
+
+
+@pytest.mark.parametrize(("c", "f", "groups"), [(3, 4, 1), (4, 4, 2), (4, 4, 4), (3, 6, 3)])
+def test_one_training_step_transforms_each_array_once(c, f, groups, rng):
+    n = 2
+    x = rng.standard_normal((n, c, 16, 16))
+    w = rng.standard_normal((f, c // groups, 5, 5))
+    g = rng.standard_normal((n, f, 16, 16))
+    layer = fftbp.Conv(w, padding=2, groups=groups, method="fft")
+    f0, i0 = _counts()
+    layer.forward(x)
+    layer.backward(g)
+    f1, i1 = _counts()
+    weight_maps = f * (c // groups)
+    # forward transforms: x once, w once, grad_output once (not 2x or 3x)
+    assert f1 - f0 == n * c + weight_maps + n * f
+    # inverse transforms: one per output map of each pass
+    assert i1 - i0 == n * f + n * c + weight_maps
+    # a second forward with the same weight reuses the weight spectrum
+    layer.forward(x)
+    f2, _ = _counts()
+    assert f2 - f1 == n * c
+
+
+@pytest.mark.parametrize("groups", [1, 3])
+def test_weight_changes_are_never_served_a_stale_spectrum(groups, rng):
+    x = rng.standard_normal((2, 3, 12, 12))
+    w = rng.standard_normal((3, 3 // groups, 5, 5))
+    layer = fftbp.Conv(w, padding=2, groups=groups, method="fft")
+    layer.forward(x)
+    g = rng.standard_normal((2, 3, 12, 12))
+    grads = layer.backward(g)
+    # in-place update, as numpy training loops do
+    w -= 0.1 * grads.weight
+    y = layer.forward(x)
+    assert relative_error(y, reference_conv(x, w, padding=2, groups=groups)) < 1e-12
+    # element assignment
+    w[0, 0, 0, 0] += 1.0
+    assert relative_error(layer.forward(x), reference_conv(x, w, padding=2, groups=groups)) < 1e-12
+    # a new array
+    w2 = rng.standard_normal(w.shape)
+    layer.weight = w2
+    assert relative_error(layer.forward(x), reference_conv(x, w2, padding=2, groups=groups)) < 1e-12
+    # explicit update call after changing through another view
+    w2.reshape(-1)[3] = 7.0
+    layer.update_weight()
+    y = layer.forward(x)
+    assert relative_error(y, reference_conv(x, w2, padding=2, groups=groups)) < 1e-12
+    grads = layer.backward(g)
+    ref = reference_input_grad(x.shape, w2, g, padding=2, groups=groups)
+    assert relative_error(grads.input, ref) < 1e-12
+
+
+def test_backward_after_inplace_weight_change_is_an_error(rng):
+    x = rng.standard_normal((1, 2, 10, 10))
+    w = rng.standard_normal((2, 2, 3, 3))
+    layer = fftbp.Conv(w, padding=1, method="fft")
+    y = layer.forward(x)
+    w *= 2
+    with pytest.raises(RuntimeError, match="weight array was modified in place after forward"):
+        layer.backward(np.ones_like(y))
+
+
+def test_input_changed_after_forward_does_not_leak_into_weight_grad(rng):
+    x = rng.standard_normal((2, 2, 10, 10))
+    w = rng.standard_normal((2, 2, 3, 3))
+    g = rng.standard_normal((2, 2, 10, 10))
+    for method in ("fft", "direct"):
+        layer = fftbp.Conv(w, padding=1, method=method)
+        xx = x.copy()
+        layer.forward(xx)
+        xx[:] = 0
+        dw = layer.backward(g).weight
+        assert relative_error(dw, reference_weight_grad(x, w.shape, g, padding=1)) < 1e-12
+
+
+def test_gradients_not_requested_are_not_computed(rng):
+    x = rng.standard_normal((2, 2, 10, 10))
+    w = rng.standard_normal((2, 2, 3, 3))
+    layer = fftbp.Conv(w, padding=1, method="fft")
+    y = layer.forward(x)
+    _, i0 = _counts()
+    grads = layer.backward(np.ones_like(y), input_grad=False)
+    _, i1 = _counts()
+    assert grads.input is None and grads.weight is not None
+    assert i1 - i0 == w.shape[0] * w.shape[1]  # only the weight gradient's inverse transforms
