@@ -186,3 +186,26 @@ def blas_single_threaded() -> Iterator[None]:
                 for lib, n in _blas_saved:
                     lib.set_num_threads(n)
                 _blas_saved.clear()
+
+
+# -- optional time accounting (used by benchmarks/layers.py) ------------------------------------
+_profile: dict[str, float] | None = None
+_profile_lock = threading.Lock()
+
+
+@contextmanager
+def profiling() -> Iterator[dict[str, float]]:
+    """Collect CPU-seconds (summed over threads) spent in FFTW executes and channel products."""
+    global _profile
+    _profile = {"transforms": 0.0, "products": 0.0}
+    try:
+        yield _profile
+    finally:
+        _profile = None
+
+
+def record(category: str, seconds: float) -> None:
+    prof = _profile
+    if prof is not None:
+        with _profile_lock:
+            prof[category] += seconds

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
@@ -25,6 +26,7 @@ from typing import Any
 import numpy as np
 import pyfftw
 
+from fftbp import _config
 from fftbp._config import get_fftw_effort, get_num_threads, parallel_map, split_range
 
 __all__ = ["MAX_PLANS", "clear_plan_cache", "irfft_batch", "plan_cache_info", "rfft_batch"]
@@ -169,16 +171,26 @@ def _run(forward: bool, spec: np.ndarray, shape: tuple[int, ...], io: FillFn) ->
                 if forward:
                     io(plan.scratch, b0, b1)
                     plan.fftw.update_arrays(plan.scratch, view_t)
-                    plan.fftw.execute()
+                    execute(plan)
                 else:
                     plan.fftw.update_arrays(view_t, plan.scratch)
-                    plan.fftw.execute()
+                    execute(plan)
                     io(plan.scratch, b0, b1)
 
     parallel_map(work, ranges)
     with _cache_lock:
         _stats["executes"] += sum(-(-(b - a) // sub) for a, b in ranges)
         _stats["forward_maps" if forward else "inverse_maps"] += total
+
+
+def execute(plan: _Plan) -> None:
+    """Run a plan (the caller holds its lock), accounting the time when profiling is on."""
+    if _config._profile is None:
+        plan.fftw.execute()
+        return
+    t0 = time.perf_counter()
+    plan.fftw.execute()
+    _config.record("transforms", time.perf_counter() - t0)
 
 
 def owned_plan(forward: bool, b: int, shape: tuple[int, ...], real: np.dtype, slot: int) -> _Plan:

@@ -40,12 +40,19 @@ FFT path marks more of them.
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
 import pyfftw
 
-from fftbp._config import get_num_threads, get_workspace_limit, parallel_map, split_range
+from fftbp._config import (
+    get_num_threads,
+    get_workspace_limit,
+    parallel_map,
+    record,
+    split_range,
+)
 from fftbp._params import ConvSpec
 from fftbp.fft import irfft_batch, rfft_batch, transform_shape
 
@@ -272,8 +279,10 @@ def _product(
             O[...] = r
 
     def work(_slot: int, start: int, stop: int) -> None:
+        t0 = time.perf_counter()
         for q0 in range(start, stop, step):
             block(q0, min(q0 + step, stop))
+        record("products", time.perf_counter() - t0)
 
     parallel_map(work, split_range(q, get_num_threads()))
 

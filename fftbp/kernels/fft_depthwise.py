@@ -16,16 +16,30 @@ computed once per weight value; Gf lives only inside the chunk that uses it for 
 from __future__ import annotations
 
 import math
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
 
+from fftbp import _config
 from fftbp._config import get_num_threads, parallel_map, split_range
-from fftbp.fft.plans import count_maps, owned_plan
+from fftbp.fft.plans import count_maps, execute, owned_plan
 from fftbp.kernels.fft import FFTLayout, _gather
 
 __all__ = ["backward", "forward", "weight_spectrum"]
 
 _SCRATCH_BYTES = 1 << 20
+
+
+@contextmanager
+def _timed(category: str) -> Iterator[None]:
+    if _config._profile is None:
+        yield
+        return
+    t0 = time.perf_counter()
+    yield
+    _config.record(category, time.perf_counter() - t0)
 
 
 def _chunk(lay: FFTLayout, channels: int, maps_per_channel: int) -> int:
@@ -68,7 +82,7 @@ def weight_spectrum(lay: FFTLayout, w: np.ndarray) -> np.ndarray:
         p = owned_plan(True, step, lay.shape, spec.dtype, slot)
         with p.lock:
             _place(p.fftw.input_array, wflat[c0 : c0 + step], place)
-            p.fftw.execute()
+            execute(p)
             out[c0 : c0 + step] = p.fftw.output_array
 
     _run_tasks(_tasks(1, f, step), body)
@@ -116,13 +130,14 @@ def forward(
         b0 = n * c_ + c0
         with fp.lock, ip.lock:
             _place(fp.fftw.input_array, xflat[b0 : b0 + step], place)
-            fp.fftw.execute()
+            execute(fp)
             xs = fp.fftw.output_array
             if xf is not None:
                 xf[b0 : b0 + step] = xs
             prod = ip.fftw.input_array.reshape(step, m, *lay.half_shape)
-            np.multiply(xs[:, None], wf_c[c0 : c0 + step], out=prod)
-            ip.fftw.execute()
+            with _timed("products"):
+                np.multiply(xs[:, None], wf_c[c0 : c0 + step], out=prod)
+            execute(ip)
             dest = yflat[n * f_ + c0 * m : n * f_ + (c0 + step) * m]
             np.multiply(_gather(ip.fftw.output_array, lay.out_index), scale, out=dest)
             if brows is not None:
@@ -181,29 +196,31 @@ def backward(
                 fp = owned_plan(True, step, lay.shape, spec.dtype, slot)
                 with fp.lock:
                     _place(fp.fftw.input_array, xflat[b0 : b0 + step], _x_place(lay))
-                    fp.fftw.execute()
+                    execute(fp)
                     xs = fp.fftw.output_array.copy()
         gp = owned_plan(True, step * m, lay.shape, spec.dtype, slot)
         with gp.lock:
             _place(gp.fftw.input_array, gflat[n * f_ + c0 * m : n * f_ + (c0 + step) * m], gplace)
-            gp.fftw.execute()
+            execute(gp)
             gs = gp.fftw.output_array.reshape(step, m, *lay.half_shape)
             if dxflat is not None and wf_c is not None:
                 ip = owned_plan(False, step, lay.shape, spec.dtype, slot)
                 with ip.lock:
                     prod = ip.fftw.input_array
-                    if m == 1:
-                        np.multiply(gs[:, 0], wf_c[c0 : c0 + step, 0], out=prod)
-                    else:
-                        np.sum(gs * wf_c[c0 : c0 + step], axis=1, out=prod)
-                    ip.fftw.execute()
+                    with _timed("products"):
+                        if m == 1:
+                            np.multiply(gs[:, 0], wf_c[c0 : c0 + step, 0], out=prod)
+                        else:
+                            np.sum(gs * wf_c[c0 : c0 + step], axis=1, out=prod)
+                    execute(ip)
                     np.multiply(
                         _gather(ip.fftw.output_array, lay.dx_index),
                         scale,
                         out=dxflat[b0 : b0 + step],
                     )
             if xs is not None:
-                acc[slot][c0 : c0 + step] += gs * xs[:, None]
+                with _timed("products"):
+                    acc[slot][c0 : c0 + step] += gs * xs[:, None]
 
     _run_tasks(_tasks(n_, c_, step), body)
     count_maps(True, n_ * f_ + (n_ * c_ if (need_dw and xf is None) else 0))
@@ -223,7 +240,7 @@ def backward(
             p = owned_plan(False, step_f, lay.shape, spec.dtype, slot)
             with p.lock:
                 p.fftw.input_array[...] = tflat[f0 : f0 + step_f]
-                p.fftw.execute()
+                execute(p)
                 np.multiply(
                     _gather(p.fftw.output_array, lay.dw_index), scale, out=dwflat[f0 : f0 + step_f]
                 )
