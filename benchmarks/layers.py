@@ -1,0 +1,237 @@
+"""Forward + input gradient + weight gradient: fftbp FFT, fftbp direct and PyTorch, side by side.
+
+Protocol (../shared/CALIBRATION.md): methods alternate within one process, their order rotates
+each round, and every timed call follows a 0.25 s pause and one untimed warm-up call. Reported:
+median times and the median of per-round ratios. Very slow methods get fewer rounds (a per-layer
+time budget) and are skipped above --max-call seconds, predicted from the previous kernel size
+of the same suite (times grow with the kernel). torch is timed in its default (NCHW) and
+channels_last formats and the faster counts; channels_last is dropped for the rest of a suite
+once it is 3x slower than NCHW.
+
+    python -m benchmarks.layers               # full suite, writes benchmarks/results/layers.*
+    python -m benchmarks.layers --quick       # smaller suite for a smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import fftbp
+from benchmarks.machine import describe
+from fftbp._config import profiling
+
+SUITES: dict[str, dict[str, Any]] = {
+    "dense": dict(n=8, c=32, f=32, size=64, groups=1, ks=[3, 7, 11, 15, 21, 31]),
+    "large": dict(n=1, c=16, f=16, size=256, groups=1, ks=[3, 15, 31, 51]),
+    "depthwise": dict(n=16, c=128, f=128, size=56, groups=128, ks=[3, 7, 13, 31, 51]),
+}
+QUICK = {
+    "dense": dict(n=8, c=32, f=32, size=64, groups=1, ks=[3, 31]),
+    "depthwise": dict(n=16, c=128, f=128, size=56, groups=128, ks=[31]),
+}
+
+
+def fftbp_step(method: str, x: np.ndarray, w: np.ndarray, pad: int, groups: int) -> Callable:
+    layer = fftbp.Conv(w, padding=pad, groups=groups, method=method)
+    g = np.ones(layer.forward(x).shape, dtype=x.dtype)
+
+    def step() -> None:
+        w[0, 0, 0, 0] += 1e-3  # a training step changes the weight: its spectrum is recomputed
+        layer.forward(x)
+        layer.backward(g)
+
+    return step
+
+
+def torch_step(fmt: str, x: np.ndarray, w: np.ndarray, pad: int, groups: int) -> Callable:
+    import torch
+
+    tx = torch.from_numpy(x.copy())
+    tw = torch.from_numpy(w.copy())
+    if fmt == "channels_last":
+        tx = tx.contiguous(memory_format=torch.channels_last)
+        tw = tw.contiguous(memory_format=torch.channels_last)
+    tx.requires_grad_(True)
+    tw.requires_grad_(True)
+
+    def step() -> None:
+        tx.grad = tw.grad = None
+        y = torch.nn.functional.conv2d(tx, tw, padding=pad, groups=groups)
+        y.backward(torch.ones_like(y))
+
+    return step
+
+
+def timed(fn: Callable) -> float:
+    time.sleep(0.25)
+    fn()
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def run_layer(
+    suite: str,
+    p: dict[str, Any],
+    k: int,
+    args: argparse.Namespace,
+    predicted: dict[str, float],
+    use_cl: bool,
+) -> dict[str, Any]:
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((p["n"], p["c"], p["size"], p["size"])).astype(np.float32)
+    w = rng.standard_normal((p["f"], p["c"] // p["groups"], k, k)).astype(np.float32)
+    pad = k // 2
+    methods: dict[str, Callable] = {"fft": fftbp_step("fft", x, w.copy(), pad, p["groups"])}
+    skipped = []
+    if predicted.get("direct", 0) <= args.max_call:
+        methods["direct"] = fftbp_step("direct", x, w.copy(), pad, p["groups"])
+    else:
+        skipped.append("direct")
+    if not args.no_torch:
+        for fmt in ("nchw", "channels_last") if use_cl else ("nchw",):
+            name = f"torch_{fmt}"
+            if predicted.get(name, 0) <= args.max_call:
+                methods[name] = torch_step(fmt, x, w, pad, p["groups"])
+            else:
+                skipped.append(name)
+    # one probe call each (also warms plans and caches), then rounds within a time budget
+    probe = {m: timed(fn) for m, fn in methods.items()}
+    per_round = sum(probe.values()) * 2 + 0.25 * len(methods) * 2
+    rounds = int(max(1, min(args.rounds, args.budget // max(per_round, 1e-9))))
+    times: dict[str, list[float]] = {m: [] for m in methods}
+    names = list(methods)
+    for r in range(rounds):
+        order = names[r % len(names) :] + names[: r % len(names)]
+        for m in order:
+            times[m].append(timed(methods[m]))
+    # time shares of the FFT method, from one profiled call
+    fft_fn = methods["fft"]
+    fft_fn()
+    t0 = time.perf_counter()
+    with profiling() as prof:
+        fft_fn()
+    wall = time.perf_counter() - t0
+    cpu = wall * fftbp.get_num_threads()
+    shares = {key: prof[key] / cpu for key in ("transforms", "products")}
+    shares["other"] = max(0.0, 1.0 - shares["transforms"] - shares["products"])
+    med = {m: statistics.median(v) for m, v in times.items()}
+    torch_names = [m for m in med if m.startswith("torch")]
+    best_torch = min(torch_names, key=lambda m: med[m]) if torch_names else None
+    ratios = {}
+    if best_torch:
+        ratios["torch/fft"] = statistics.median(
+            a / b for a, b in zip(times[best_torch], times["fft"])
+        )
+    if "direct" in med:
+        ratios["direct/fft"] = statistics.median(
+            a / b for a, b in zip(times["direct"], times["fft"])
+        )
+    return dict(
+        suite=suite,
+        k=k,
+        n=p["n"],
+        c=p["c"],
+        f=p["f"],
+        size=p["size"],
+        groups=p["groups"],
+        rounds=rounds,
+        median_ms={m: v * 1e3 for m, v in med.items()},
+        best_torch=best_torch,
+        ratios=ratios,
+        fft_shares=shares,
+        skipped=skipped,
+        probe_ms={m: v * 1e3 for m, v in probe.items()},
+    )
+
+
+def fmt_row(r: dict[str, Any]) -> str:
+    m = r["median_ms"]
+
+    def cell(key: str) -> str:
+        return f"{m[key]:9.1f}" if key in m else f"{'skip':>9}"
+
+    tr = r["ratios"].get("torch/fft")
+    dr = r["ratios"].get("direct/fft")
+    s = r["fft_shares"]
+    return (
+        f"| {r['suite']:9} | {r['k']:3d} | {cell('fft')} | {cell('direct')} | "
+        f"{cell('torch_nchw')} | {cell('torch_channels_last')} | "
+        f"{(f'{tr:7.1f}x' if tr else '    -   ')} | {(f'{dr:7.1f}x' if dr else '    -   ')} | "
+        f"{s['transforms']:5.0%} | {s['products']:5.0%} | {s['other']:5.0%} | {r['rounds']} |"
+    )
+
+
+HEADER = (
+    "| suite     |   k | fft ms    | direct ms | torch ms  | torch CL  | torch/fft | "
+    "direct/fft | FFT share | products | other | rounds |\n"
+    "|---|---|---|---|---|---|---|---|---|---|---|---|"
+)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="two dense layers and one depthwise")
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--budget", type=float, default=20.0, help="seconds per layer for rounds")
+    ap.add_argument(
+        "--max-call",
+        type=float,
+        default=12.0,
+        help="skip a method whose predicted call time exceeds this (s)",
+    )
+    ap.add_argument("--no-torch", action="store_true")
+    ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    args = ap.parse_args(argv)
+    if not args.no_torch:
+        import torch
+
+        torch.set_num_threads(fftbp.get_num_threads())
+    machine = describe()
+    print("machine:", json.dumps(machine))
+    print(HEADER)
+    rows = []
+    for suite, p in (QUICK if args.quick else SUITES).items():
+        last: dict[str, float] = {}
+        use_cl = True
+        prev_k = None
+        for k in p["ks"]:
+            # predicted call time: the previous kernel's time scaled by the kernel area
+            predicted = {m: v * (k / prev_k) ** 2 for m, v in last.items()} if prev_k else {}
+            r = run_layer(suite, p, k, args, predicted, use_cl)
+            rows.append(r)
+            print(fmt_row(r), flush=True)
+            prev_k = k
+            last = {m: v / 1e3 for m, v in r["median_ms"].items()}
+            for m in r["skipped"]:
+                last[m] = float("inf")
+            m = r["median_ms"]
+            if m.get("torch_channels_last", 0) > 3 * m.get("torch_nchw", float("inf")):
+                use_cl = False
+    args.out.mkdir(parents=True, exist_ok=True)
+    name = "layers_quick" if args.quick else "layers"
+    (args.out / f"{name}.json").write_text(json.dumps({"machine": machine, "rows": rows}, indent=1))
+    lines = [
+        f"# {name}: forward + both gradients, float32, ms (median)",
+        "",
+        "machine: `" + json.dumps(machine) + "`",
+        "",
+        HEADER,
+    ]
+    lines += [fmt_row(r) for r in rows]
+    (args.out / f"{name}.md").write_text("\n".join(lines) + "\n")
+    print(f"wrote {args.out / name}.md and .json")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
