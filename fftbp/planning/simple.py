@@ -19,9 +19,11 @@ __all__ = ["METHODS", "choose_method", "estimate_costs"]
 
 METHODS = ("auto", "fft", "direct")
 
-#: im2col + GEMM, float32, 2 threads (benchmarks/layers.py, dense k=3..7 rows).
-DIRECT_GFLOPS = 60.0
-#: pyFFTW r2c/c2r, 1 thread per worker x 2 workers (benchmarks/layers.py transform share).
+#: im2col + GEMM, float32, 2 threads: measured 14 GFLOP/s at dense k=3 and 36 at k=15
+#: (benchmarks/results/layers.md, 2026-11-26, N8 C=F=32 64x64); numpy sgemm reaches ~240.
+DIRECT_GFLOPS = 30.0
+#: pyFFTW r2c/c2r, 1 thread per worker x 2 workers: 8-13 us per 72x72 map per core measured
+#: in docs/design.md, i.e. 12-20 GFLOP/s per core at 2.5 n log2 n.
 FFT_GFLOPS = 20.0
 #: complex64 batched matmul at one frequency per call, 2 workers (CALIBRATION.md: 20-150).
 PRODUCT_GFLOPS = 30.0
