@@ -178,6 +178,21 @@ HEADER = (
 )
 
 
+def write(args: argparse.Namespace, machine: dict[str, Any], rows: list[dict[str, Any]]) -> None:
+    args.out.mkdir(parents=True, exist_ok=True)
+    name = "layers_quick" if args.quick else "layers"
+    (args.out / f"{name}.json").write_text(json.dumps({"machine": machine, "rows": rows}, indent=1))
+    lines = [
+        f"# {name}: forward + both gradients, float32, ms (median)",
+        "",
+        "machine: `" + json.dumps(machine) + "`",
+        "",
+        HEADER,
+    ]
+    lines += [fmt_row(r) for r in rows]
+    (args.out / f"{name}.md").write_text("\n".join(lines) + "\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="two dense layers and one depthwise")
@@ -210,6 +225,7 @@ def main(argv: list[str] | None = None) -> int:
             r = run_layer(suite, p, k, args, predicted, use_cl)
             rows.append(r)
             print(fmt_row(r), flush=True)
+            write(args, machine, rows)  # after every row: a long run stopped early keeps its data
             prev_k = k
             last = {m: v / 1e3 for m, v in r["median_ms"].items()}
             for m in r["skipped"]:
@@ -217,19 +233,7 @@ def main(argv: list[str] | None = None) -> int:
             m = r["median_ms"]
             if m.get("torch_channels_last", 0) > 3 * m.get("torch_nchw", float("inf")):
                 use_cl = False
-    args.out.mkdir(parents=True, exist_ok=True)
-    name = "layers_quick" if args.quick else "layers"
-    (args.out / f"{name}.json").write_text(json.dumps({"machine": machine, "rows": rows}, indent=1))
-    lines = [
-        f"# {name}: forward + both gradients, float32, ms (median)",
-        "",
-        "machine: `" + json.dumps(machine) + "`",
-        "",
-        HEADER,
-    ]
-    lines += [fmt_row(r) for r in rows]
-    (args.out / f"{name}.md").write_text("\n".join(lines) + "\n")
-    print(f"wrote {args.out / name}.md and .json")
+    print(f"wrote {args.out}/layers{'_quick' if args.quick else ''}.md and .json")
     return 0
 
 
