@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -209,3 +210,14 @@ def record(category: str, seconds: float) -> None:
     if prof is not None:
         with _profile_lock:
             prof[category] += seconds
+
+
+@contextmanager
+def timed(category: str) -> Iterator[None]:
+    """Account the block's time to ``category`` when :func:`profiling` is on (else free)."""
+    if _profile is None:
+        yield
+        return
+    t0 = time.perf_counter()
+    yield
+    record(category, time.perf_counter() - t0)

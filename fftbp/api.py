@@ -46,10 +46,6 @@ def _bias(bias: Any, spec: ConvSpec) -> np.ndarray | None:
     return b
 
 
-def _layout(spec: ConvSpec) -> _fft.FFTLayout:
-    return _fft.layout(spec)
-
-
 def conv(
     input: Any,
     weight: Any,
@@ -86,7 +82,7 @@ def conv(
     m = _resolve(method, spec)
     with blas_single_threaded():
         if m == "fft":
-            lay = _layout(spec)
+            lay = _fft.layout(spec)
             if spec.is_depthwise:
                 return _fdw.forward(lay, x, _fdw.weight_spectrum(lay, w), b, keep_xf=False)[0]
             return _fft.forward(lay, x, w, b)
@@ -125,7 +121,7 @@ def conv_input_grad(
     m = _resolve(method, spec)
     with blas_single_threaded():
         if m == "fft":
-            lay = _layout(spec)
+            lay = _fft.layout(spec)
             if spec.is_depthwise:
                 wf = _fdw.weight_spectrum(lay, w)
                 return _fdw.backward(lay, g, wf, need_dw=False)[0]
@@ -155,7 +151,7 @@ def conv_weight_grad(
     m = _resolve(method, spec)
     with blas_single_threaded():
         if m == "fft":
-            lay = _layout(spec)
+            lay = _fft.layout(spec)
             if spec.is_depthwise:
                 return _fdw.backward(lay, g, None, x=x, need_dx=False)[1]
             return _fft.weight_grad(lay, x, g)
@@ -277,7 +273,7 @@ class Conv:
         saved: dict[str, Any] = {"spec": spec, "method": m}
         with blas_single_threaded():
             if m == "fft":
-                lay = _layout(spec)
+                lay = _fft.layout(spec)
                 wf = self._weight_spectrum(lay)
                 saved["layout"] = lay
                 if spec.is_depthwise:
@@ -335,11 +331,13 @@ class Conv:
                         "the gradients of that forward pass are no longer defined; "
                         "call forward() again"
                     )
+                # unchanged since forward, which made self._wf for this layout
+                wf = self._wf
                 if spec.is_depthwise:
                     dx, dw = _fdw.backward(
                         lay,
                         g,
-                        self._weight_spectrum(lay),
+                        wf,
                         xf=saved.get("xf"),
                         x=saved.get("x"),
                         need_dx=input_grad,
@@ -348,15 +346,13 @@ class Conv:
                 elif "xf" in saved:
                     gf = _fft.grad_spectrum(lay, g, self._ws)
                     if input_grad:
-                        dx = _fft.input_grad_from_spectra(
-                            lay, gf, self._weight_spectrum(lay), self._ws
-                        )
+                        dx = _fft.input_grad_from_spectra(lay, gf, wf, self._ws)
                     if weight_grad:
                         dwf = _fft.weight_grad_spectrum(lay, saved["xf"], gf, ws=self._ws)
                         dw = _fft.weight_grad_from_spectra(lay, dwf)
                 else:
                     if input_grad:
-                        dx = _fft.input_grad(lay, self._weight, g, wf=self._weight_spectrum(lay))
+                        dx = _fft.input_grad(lay, self._weight, g, wf=wf)
                     if weight_grad:
                         dw = _fft.weight_grad(lay, saved["x"], g)
             else:

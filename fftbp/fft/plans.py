@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import math
 import threading
-import time
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
@@ -26,8 +25,7 @@ from typing import Any
 import numpy as np
 import pyfftw
 
-from fftbp import _config
-from fftbp._config import get_fftw_effort, get_num_threads, parallel_map, split_range
+from fftbp._config import get_fftw_effort, get_num_threads, parallel_map, split_range, timed
 
 __all__ = ["MAX_PLANS", "clear_plan_cache", "irfft_batch", "plan_cache_info", "rfft_batch"]
 
@@ -37,7 +35,6 @@ MAX_PLANS = 256
 #: fill copy and the transform (1 MiB L2 per core on the reference machine).
 _SCRATCH_BYTES = 512 << 10
 _ALIGN = pyfftw.simd_alignment
-_FFTW_THREADS = 1
 
 FillFn = Callable[[np.ndarray, int, int], None]
 ReadFn = Callable[[np.ndarray, int, int], None]
@@ -82,12 +79,8 @@ def _strided_scratch(
     return np.lib.stride_tricks.as_strided(base, shape=shape, strides=strides)
 
 
-def _get_plan(
-    forward: bool, b: int, shape: tuple[int, ...], real: np.dtype, spec_view: np.ndarray, slot: int
-) -> _Plan:
-    aligned = spec_view.ctypes.data % _ALIGN == 0
-    effort = get_fftw_effort()
-    key = (forward, b, shape, real.str, spec_view.shape, spec_view.strides, aligned, slot, effort)
+def _cached(key: tuple[Any, ...], build: Callable[[], _Plan]) -> _Plan:
+    """The plan under ``key`` from the LRU cache, built (outside the lock) on a miss."""
     with _cache_lock:
         plan = _cache.get(key)
         if plan is not None:
@@ -95,6 +88,32 @@ def _get_plan(
             _stats["hits"] += 1
             return plan
         _stats["misses"] += 1
+    plan = build()
+    with _cache_lock:
+        _cache[key] = plan
+        while len(_cache) > MAX_PLANS:
+            _cache.popitem(last=False)
+    return plan
+
+
+def _get_plan(
+    forward: bool, b: int, shape: tuple[int, ...], real: np.dtype, spec_view: np.ndarray, slot: int
+) -> _Plan:
+    aligned = spec_view.ctypes.data % _ALIGN == 0
+    effort = get_fftw_effort()
+    key = (forward, b, shape, real.str, spec_view.shape, spec_view.strides, aligned, slot, effort)
+    return _cached(key, lambda: _build_strided(forward, b, shape, real, spec_view, aligned, effort))
+
+
+def _build_strided(
+    forward: bool,
+    b: int,
+    shape: tuple[int, ...],
+    real: np.dtype,
+    spec_view: np.ndarray,
+    aligned: bool,
+    effort: str,
+) -> _Plan:
     complex_dt = np.result_type(real, np.complex64)
     scratch = pyfftw.empty_aligned((b, *shape), dtype=real, n=_ALIGN)
     spec = _strided_scratch(spec_view.shape, spec_view.strides, complex_dt, aligned)
@@ -112,12 +131,7 @@ def _get_plan(
         fftw = pyfftw.FFTW(
             spec_t, scratch, axes=axes, direction="FFTW_BACKWARD", flags=flags, threads=1
         )
-    plan = _Plan(fftw, scratch)
-    with _cache_lock:
-        _cache[key] = plan
-        while len(_cache) > MAX_PLANS:
-            _cache.popitem(last=False)
-    return plan
+    return _Plan(fftw, scratch)
 
 
 def _chunking(
@@ -185,12 +199,8 @@ def _run(forward: bool, spec: np.ndarray, shape: tuple[int, ...], io: FillFn) ->
 
 def execute(plan: _Plan) -> None:
     """Run a plan (the caller holds its lock), accounting the time when profiling is on."""
-    if _config._profile is None:
+    with timed("transforms"):
         plan.fftw.execute()
-        return
-    t0 = time.perf_counter()
-    plan.fftw.execute()
-    _config.record("transforms", time.perf_counter() - t0)
 
 
 def owned_plan(forward: bool, b: int, shape: tuple[int, ...], real: np.dtype, slot: int) -> _Plan:
@@ -201,13 +211,12 @@ def owned_plan(forward: bool, b: int, shape: tuple[int, ...], real: np.dtype, sl
     """
     effort = get_fftw_effort()
     key = ("owned", forward, b, shape, real.str, slot, effort)
-    with _cache_lock:
-        plan = _cache.get(key)
-        if plan is not None:
-            _cache.move_to_end(key)
-            _stats["hits"] += 1
-            return plan
-        _stats["misses"] += 1
+    return _cached(key, lambda: _build_owned(forward, b, shape, real, effort))
+
+
+def _build_owned(
+    forward: bool, b: int, shape: tuple[int, ...], real: np.dtype, effort: str
+) -> _Plan:
     complex_dt = np.result_type(real, np.complex64)
     half = (*shape[:-1], shape[-1] // 2 + 1)
     r = pyfftw.empty_aligned((b, *shape), dtype=real, n=_ALIGN)
@@ -215,19 +224,10 @@ def owned_plan(forward: bool, b: int, shape: tuple[int, ...], real: np.dtype, sl
     axes = tuple(range(1, len(shape) + 1))
     flags = [effort, "FFTW_DESTROY_INPUT"]
     if forward:
-        fftw = pyfftw.FFTW(
-            r, c, axes=axes, direction="FFTW_FORWARD", flags=flags, threads=_FFTW_THREADS
-        )
+        fftw = pyfftw.FFTW(r, c, axes=axes, direction="FFTW_FORWARD", flags=flags, threads=1)
     else:
-        fftw = pyfftw.FFTW(
-            c, r, axes=axes, direction="FFTW_BACKWARD", flags=flags, threads=_FFTW_THREADS
-        )
-    plan = _Plan(fftw, r)
-    with _cache_lock:
-        _cache[key] = plan
-        while len(_cache) > MAX_PLANS:
-            _cache.popitem(last=False)
-    return plan
+        fftw = pyfftw.FFTW(c, r, axes=axes, direction="FFTW_BACKWARD", flags=flags, threads=1)
+    return _Plan(fftw, r)
 
 
 def count_maps(forward: bool, maps: int) -> None:

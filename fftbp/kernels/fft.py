@@ -40,7 +40,6 @@ FFT path marks more of them.
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -50,8 +49,8 @@ from fftbp._config import (
     get_num_threads,
     get_workspace_limit,
     parallel_map,
-    record,
     split_range,
+    timed,
 )
 from fftbp._params import ConvSpec
 from fftbp.fft import irfft_batch, rfft_batch, transform_shape
@@ -117,6 +116,24 @@ class FFTLayout:
     def complex_dtype(self) -> np.dtype:
         return np.result_type(self.spec.dtype, np.complex64)
 
+    # Where each spectrum's maps sit in the zero buffer (see the module docstring).
+    @property
+    def x_place(self) -> tuple[slice, ...]:
+        """x, already reversed by :func:`flip_maps`, at ``[0, H)``."""
+        return tuple(slice(0, h) for h in self.spec.in_size)
+
+    @property
+    def w_place(self) -> tuple[slice, ...]:
+        """The dilated kernel at ``0, d, 2d, ...``."""
+        return tuple(slice(0, e, d) for e, d in zip(self.spec.kernel_extent, self.spec.dilation))
+
+    @property
+    def g_place(self) -> tuple[slice, ...]:
+        """grad_output upsampled by the stride: ``0, s, 2s, ...``."""
+        return tuple(
+            slice(0, (o - 1) * s + 1, s) for o, s in zip(self.spec.out_size, self.spec.stride)
+        )
+
     def spectrum_bytes(self, maps: int) -> int:
         return self.nfreq * maps * self.complex_dtype.itemsize
 
@@ -163,6 +180,17 @@ def layout(spec: ConvSpec, shape: tuple[int, ...] | None = None) -> FFTLayout:
 
 
 # -- spectra -------------------------------------------------------------------------------------
+def flip_maps(a: np.ndarray) -> np.ndarray:
+    """Reverse every spatial axis of a ``(B, *size)`` stack of maps (a view)."""
+    return a[(slice(None),) + (slice(None, None, -1),) * (a.ndim - 1)]
+
+
+def place_maps(dst: np.ndarray, src: np.ndarray, place: tuple[slice, ...]) -> None:
+    """Write ``src`` maps at ``place`` in ``dst`` and zero everything else."""
+    dst.fill(0)
+    dst[(slice(None), *place)] = src
+
+
 def _spectrum(
     lay: FFTLayout,
     src: np.ndarray,
@@ -174,12 +202,10 @@ def _spectrum(
     """rfft of every map of ``src`` (shape ``(B, *size)``) placed at ``place`` in a zero buffer."""
     spec_arr = lay.spectrum(src.shape[0], ws, name)
     if flip:
-        src = src[(slice(None),) + (slice(None, None, -1),) * (src.ndim - 1)]
-    target = (slice(None),) + place
+        src = flip_maps(src)
 
     def fill(scratch: np.ndarray, b0: int, b1: int) -> None:
-        scratch.fill(0)
-        scratch[target] = src[b0:b1]
+        place_maps(scratch, src[b0:b1], place)
 
     rfft_batch(spec_arr, lay.shape, fill)
     return spec_arr
@@ -190,14 +216,13 @@ def input_spectrum(
 ) -> np.ndarray:
     """Xf: spectrum of each input map placed reversed at the buffer's start; ``(*half, n*C)``."""
     flat = x.reshape(-1, *lay.spec.in_size)
-    return _spectrum(lay, flat, tuple(slice(0, h) for h in lay.spec.in_size), True, ws, "xf")
+    return _spectrum(lay, flat, lay.x_place, True, ws, "xf")
 
 
 def weight_spectrum(lay: FFTLayout, w: np.ndarray) -> np.ndarray:
     """Wf: spectrum of each dilated kernel; ``(*half, F*C/groups)``."""
     flat = w.reshape(-1, *lay.spec.kernel)
-    place = tuple(slice(0, e, d) for e, d in zip(lay.spec.kernel_extent, lay.spec.dilation))
-    return _spectrum(lay, flat, place, flip=False)
+    return _spectrum(lay, flat, lay.w_place, flip=False)
 
 
 def grad_spectrum(
@@ -205,8 +230,7 @@ def grad_spectrum(
 ) -> np.ndarray:
     """Gf: spectrum of each grad_output map upsampled by the stride; ``(*half, n*F)``."""
     flat = g.reshape(-1, *lay.spec.out_size)
-    place = tuple(slice(0, (o - 1) * s + 1, s) for o, s in zip(lay.spec.out_size, lay.spec.stride))
-    return _spectrum(lay, flat, place, False, ws, "gf")
+    return _spectrum(lay, flat, lay.g_place, False, ws, "gf")
 
 
 # -- channel products at each frequency ----------------------------------------------------------
@@ -279,10 +303,9 @@ def _product(
             O[...] = r
 
     def work(_slot: int, start: int, stop: int) -> None:
-        t0 = time.perf_counter()
-        for q0 in range(start, stop, step):
-            block(q0, min(q0 + step, stop))
-        record("products", time.perf_counter() - t0)
+        with timed("products"):
+            for q0 in range(start, stop, step):
+                block(q0, min(q0 + step, stop))
 
     parallel_map(work, split_range(q, get_num_threads()))
 

@@ -16,30 +16,16 @@ computed once per weight value; Gf lives only inside the chunk that uses it for 
 from __future__ import annotations
 
 import math
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import numpy as np
 
-from fftbp import _config
-from fftbp._config import get_num_threads, parallel_map, split_range
+from fftbp._config import get_num_threads, parallel_map, split_range, timed
 from fftbp.fft.plans import count_maps, execute, owned_plan
-from fftbp.kernels.fft import FFTLayout, _gather
+from fftbp.kernels.fft import FFTLayout, _gather, flip_maps, place_maps
 
 __all__ = ["backward", "forward", "weight_spectrum"]
 
 _SCRATCH_BYTES = 1 << 20
-
-
-@contextmanager
-def _timed(category: str) -> Iterator[None]:
-    if _config._profile is None:
-        yield
-        return
-    t0 = time.perf_counter()
-    yield
-    _config.record(category, time.perf_counter() - t0)
 
 
 def _chunk(lay: FFTLayout, channels: int, maps_per_channel: int) -> int:
@@ -64,38 +50,24 @@ def _run_tasks(tasks: list[tuple[int, int]], body) -> None:
     parallel_map(work, ranges)
 
 
-def _place(dst: np.ndarray, src: np.ndarray, place: tuple[slice, ...]) -> None:
-    dst.fill(0)
-    dst[(slice(None), *place)] = src
-
-
 def weight_spectrum(lay: FFTLayout, w: np.ndarray) -> np.ndarray:
     """Wf in natural layout ``(F, *half)``: spectra of the dilated kernels."""
     spec = lay.spec
     f = spec.out_channels
     wflat = w.reshape(f, *spec.kernel)
-    place = tuple(slice(0, e, d) for e, d in zip(spec.kernel_extent, spec.dilation))
     out = np.empty((f, *lay.half_shape), dtype=lay.complex_dtype)
     step = _chunk(lay, f, 1)
 
     def body(slot: int, _n: int, c0: int) -> None:
         p = owned_plan(True, step, lay.shape, spec.dtype, slot)
         with p.lock:
-            _place(p.fftw.input_array, wflat[c0 : c0 + step], place)
+            place_maps(p.fftw.input_array, wflat[c0 : c0 + step], lay.w_place)
             execute(p)
             out[c0 : c0 + step] = p.fftw.output_array
 
     _run_tasks(_tasks(1, f, step), body)
     count_maps(True, f)
     return out
-
-
-def _x_place(lay: FFTLayout) -> tuple[slice, ...]:
-    return tuple(slice(0, h) for h in lay.spec.in_size)
-
-
-def _flip(a: np.ndarray) -> np.ndarray:
-    return a[(slice(None),) + (slice(None, None, -1),) * (a.ndim - 1)]
 
 
 def forward(
@@ -110,7 +82,7 @@ def forward(
     spec = lay.spec
     n_, c_, f_ = spec.batch, spec.in_channels, spec.out_channels
     m = f_ // c_
-    xflat = _flip(x.reshape(n_ * c_, *spec.in_size))
+    xflat = flip_maps(x.reshape(n_ * c_, *spec.in_size))
     y = np.empty(spec.output_shape, dtype=spec.dtype)
     yflat = y.reshape(n_ * f_, *spec.out_size)
     xf = None
@@ -120,7 +92,7 @@ def forward(
         xf = xf_out if ok else np.empty(xf_shape, dtype=lay.complex_dtype)
     wf_c = wf.reshape(c_, m, *lay.half_shape)
     step = _chunk(lay, c_, m + 1)
-    place, scale = _x_place(lay), lay.scale
+    place, scale = lay.x_place, lay.scale
     extra = (None,) * spec.nd
     brows = None if bias is None else bias.reshape(c_, m)
 
@@ -129,13 +101,13 @@ def forward(
         ip = owned_plan(False, step * m, lay.shape, spec.dtype, slot)
         b0 = n * c_ + c0
         with fp.lock, ip.lock:
-            _place(fp.fftw.input_array, xflat[b0 : b0 + step], place)
+            place_maps(fp.fftw.input_array, xflat[b0 : b0 + step], place)
             execute(fp)
             xs = fp.fftw.output_array
             if xf is not None:
                 xf[b0 : b0 + step] = xs
             prod = ip.fftw.input_array.reshape(step, m, *lay.half_shape)
-            with _timed("products"):
+            with timed("products"):
                 np.multiply(xs[:, None], wf_c[c0 : c0 + step], out=prod)
             execute(ip)
             dest = yflat[n * f_ + c0 * m : n * f_ + (c0 + step) * m]
@@ -168,8 +140,7 @@ def backward(
     n_, c_, f_ = spec.batch, spec.in_channels, spec.out_channels
     m = f_ // c_
     gflat = g.reshape(n_ * f_, *spec.out_size)
-    gplace = tuple(slice(0, (o - 1) * s + 1, s) for o, s in zip(spec.out_size, spec.stride))
-    xflat = None if x is None else _flip(x.reshape(n_ * c_, *spec.in_size))
+    xflat = None if x is None else flip_maps(x.reshape(n_ * c_, *spec.in_size))
     if need_dw and xf is None and xflat is None:
         raise ValueError("backward: the weight gradient needs xf or x")
     dx = np.empty(spec.input_shape, dtype=spec.dtype) if need_dx else None
@@ -195,19 +166,21 @@ def backward(
             else:  # recompute this chunk's Xf (before Gf: the two may share a plan)
                 fp = owned_plan(True, step, lay.shape, spec.dtype, slot)
                 with fp.lock:
-                    _place(fp.fftw.input_array, xflat[b0 : b0 + step], _x_place(lay))
+                    place_maps(fp.fftw.input_array, xflat[b0 : b0 + step], lay.x_place)
                     execute(fp)
                     xs = fp.fftw.output_array.copy()
         gp = owned_plan(True, step * m, lay.shape, spec.dtype, slot)
         with gp.lock:
-            _place(gp.fftw.input_array, gflat[n * f_ + c0 * m : n * f_ + (c0 + step) * m], gplace)
+            place_maps(
+                gp.fftw.input_array, gflat[n * f_ + c0 * m : n * f_ + (c0 + step) * m], lay.g_place
+            )
             execute(gp)
             gs = gp.fftw.output_array.reshape(step, m, *lay.half_shape)
             if dxflat is not None and wf_c is not None:
                 ip = owned_plan(False, step, lay.shape, spec.dtype, slot)
                 with ip.lock:
                     prod = ip.fftw.input_array
-                    with _timed("products"):
+                    with timed("products"):
                         if m == 1:
                             np.multiply(gs[:, 0], wf_c[c0 : c0 + step, 0], out=prod)
                         else:
@@ -219,7 +192,7 @@ def backward(
                         out=dxflat[b0 : b0 + step],
                     )
             if xs is not None:
-                with _timed("products"):
+                with timed("products"):
                     acc[slot][c0 : c0 + step] += gs * xs[:, None]
 
     _run_tasks(_tasks(n_, c_, step), body)
