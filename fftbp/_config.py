@@ -196,9 +196,10 @@ _profile_lock = threading.Lock()
 
 @contextmanager
 def profiling() -> Iterator[dict[str, float]]:
-    """Collect CPU-seconds (summed over threads) spent in FFTW executes and channel products."""
+    """Collect CPU-seconds (summed over threads) spent in FFTW executes (``transforms``), channel
+    products (``products``) and the copies into and out of transform buffers (``copies``)."""
     global _profile
-    _profile = {"transforms": 0.0, "products": 0.0}
+    _profile = {"transforms": 0.0, "products": 0.0, "copies": 0.0}
     try:
         yield _profile
     finally:

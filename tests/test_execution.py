@@ -23,7 +23,9 @@ def test_transform_size_is_minimal_not_padded_extent():
     spec = ConvSpec.from_shapes((8, 32, 64, 64), (32, 32, 31, 31), padding="same")
     assert transform_shape(spec) == (80, 80)  # 64 + 15 + 1 -> next fast length 80, not 96
     spec = ConvSpec.from_shapes((1, 1, 64), (1, 1, 7), padding=(2,))
-    assert transform_shape(spec) == (66,)  # 64 + max(2, 2) = 66 = 2*3*11 is FFTW-fast
+    assert transform_shape(spec) == (72,)  # needs 64 + max(2, 2) = 66 = 2*3*11: slower than 72
+    spec = ConvSpec.from_shapes((16, 128, 56, 56), (128, 1, 51, 51), padding="same", groups=128)
+    assert transform_shape(spec) == (84, 84)  # needs 81 = 3^4: 1.7x slower than 84x84
 
 
 @pytest.mark.parametrize("method", ["fft", "direct"])

@@ -27,7 +27,14 @@ import pyfftw
 
 from fftbp._config import get_fftw_effort, get_num_threads, parallel_map, split_range, timed
 
-__all__ = ["MAX_PLANS", "clear_plan_cache", "irfft_batch", "plan_cache_info", "rfft_batch"]
+__all__ = [
+    "MAX_PLANS",
+    "aligned",
+    "clear_plan_cache",
+    "irfft_batch",
+    "plan_cache_info",
+    "rfft_batch",
+]
 
 #: Most plans kept; each holds a scratch array of at most ``_SCRATCH_BYTES``.
 MAX_PLANS = 256
@@ -203,14 +210,18 @@ def execute(plan: _Plan) -> None:
         plan.fftw.execute()
 
 
-def owned_plan(forward: bool, b: int, shape: tuple[int, ...], real: np.dtype, slot: int) -> _Plan:
+def owned_plan(
+    forward: bool, b: int, shape: tuple[int, ...], real: np.dtype, slot: int, tag: str = ""
+) -> _Plan:
     """A cached plan transforming ``b`` maps between two arrays it owns, in natural layout.
 
     ``plan.fftw.input_array`` / ``plan.fftw.output_array`` are ``(b, *shape)`` real and
     ``(b, *half)`` complex (swapped for the inverse). Hold ``plan.lock`` while using them.
+    A caller that rebinds the plan's arrays (``fftw.update_arrays``) passes its own ``tag`` so
+    that no other caller is handed that plan.
     """
     effort = get_fftw_effort()
-    key = ("owned", forward, b, shape, real.str, slot, effort)
+    key = ("owned", tag, forward, b, shape, real.str, slot, effort)
     return _cached(key, lambda: _build_owned(forward, b, shape, real, effort))
 
 
@@ -228,6 +239,11 @@ def _build_owned(
     else:
         fftw = pyfftw.FFTW(c, r, axes=axes, direction="FFTW_BACKWARD", flags=flags, threads=1)
     return _Plan(fftw, r)
+
+
+def aligned(a: np.ndarray) -> bool:
+    """Whether ``a`` starts on FFTW's SIMD alignment (required to rebind an aligned plan)."""
+    return a.ctypes.data % _ALIGN == 0
 
 
 def count_maps(forward: bool, maps: int) -> None:

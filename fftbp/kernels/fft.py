@@ -186,9 +186,37 @@ def flip_maps(a: np.ndarray) -> np.ndarray:
 
 
 def place_maps(dst: np.ndarray, src: np.ndarray, place: tuple[slice, ...]) -> None:
-    """Write ``src`` maps at ``place`` in ``dst`` and zero everything else."""
-    dst.fill(0)
-    dst[(slice(None), *place)] = src
+    """Write ``src`` maps at ``place`` in ``dst`` and zero everything else.
+
+    For a box at the origin (the usual case) only the complement is zeroed, not the whole buffer.
+    """
+    with timed("copies"):
+        if all(p.start == 0 and p.step in (None, 1) for p in place):
+            for axis, p in enumerate(place):
+                dst[(slice(None), *place[:axis], slice(p.stop, None))] = 0
+        else:
+            dst.fill(0)
+        dst[(slice(None), *place)] = src
+
+
+def read_maps(
+    dest: np.ndarray,
+    src: np.ndarray,
+    index: tuple[Index, ...],
+    scale: float | None = None,
+    bias_rows: np.ndarray | None = None,
+) -> None:
+    """``dest = scale * src[:, index] (+ bias_rows per map)``, in one pass over ``dest``."""
+    with timed("copies"):
+        res = _gather(src, index)
+        if scale is not None:
+            np.multiply(res, scale, out=dest)
+            if bias_rows is not None:
+                dest += bias_rows[(slice(None), *(None,) * (dest.ndim - 1))]
+        elif bias_rows is not None:
+            np.add(res, bias_rows[(slice(None), *(None,) * (dest.ndim - 1))], out=dest)
+        else:
+            np.copyto(dest, res)
 
 
 def _spectrum(
@@ -320,13 +348,10 @@ def _inverse(
 ) -> None:
     """irfft each map of ``spectrum`` and write ``scale * map[index] (+ bias)`` to ``out_flat``."""
     scale = lay.scale
-    extra = (None,) * lay.spec.nd
 
     def read(scratch: np.ndarray, b0: int, b1: int) -> None:
-        dest = out_flat[b0:b1]
-        np.multiply(_gather(scratch[: b1 - b0], index), scale, out=dest)
-        if bias_rows is not None:
-            dest += bias_rows[b0:b1][(slice(None), *extra)]
+        rows = None if bias_rows is None else bias_rows[b0:b1]
+        read_maps(out_flat[b0:b1], scratch[: b1 - b0], index, scale, rows)
 
     irfft_batch(spectrum, lay.shape, read)
 
