@@ -4,7 +4,8 @@ Protocol (../shared/CALIBRATION.md): methods alternate within one process, their
 each round, and every timed call follows a 0.25 s pause and one untimed warm-up call. Reported:
 median times and the median of per-round ratios. Very slow methods get fewer rounds (a per-layer
 time budget) and are skipped above --max-call seconds, predicted from the previous kernel size
-of the same suite (times grow with the kernel). torch is timed in its default (NCHW) and
+of the same suite (times grow with the kernel); a method whose first call exceeds --max-call keeps
+that call as its only sample. torch is timed in its default (NCHW) and
 channels_last formats and the faster counts; channels_last is dropped for the rest of a suite
 once it is 3x slower than NCHW.
 
@@ -104,38 +105,41 @@ def run_layer(
                 methods[name] = torch_step(fmt, x, w, pad, p["groups"])
             else:
                 skipped.append(name)
-    # one probe call each (also warms plans and caches), then rounds within a time budget
+    # one probe call each (also warms plans and caches), then rounds within a time budget; a
+    # method whose probe alone exceeds --max-call keeps that one call as its only sample
     probe = {m: timed(fn) for m, fn in methods.items()}
-    per_round = sum(probe.values()) * 2 + 0.25 * len(methods) * 2
-    rounds = int(max(1, min(args.rounds, args.budget // max(per_round, 1e-9))))
     times: dict[str, list[float]] = {m: [] for m in methods}
-    names = list(methods)
+    single = [m for m, t in probe.items() if t > args.max_call and m != "fft"]
+    for m in single:
+        times[m] = [probe[m]]
+    names = [m for m in methods if m not in single]
+    per_round = sum(probe[m] for m in names) * 2 + 0.25 * len(names) * 2
+    rounds = int(max(1, min(args.rounds, args.budget // max(per_round, 1e-9))))
     for r in range(rounds):
         order = names[r % len(names) :] + names[: r % len(names)]
         for m in order:
             times[m].append(timed(methods[m]))
-    # time shares of the FFT method, from one profiled call
+    # time shares of the FFT method, from three profiled calls in a row
     fft_fn = methods["fft"]
     fft_fn()
     t0 = time.perf_counter()
     with profiling() as prof:
-        fft_fn()
+        for _ in range(3):
+            fft_fn()
     wall = time.perf_counter() - t0
     cpu = wall * fftbp.get_num_threads()
-    shares = {key: prof[key] / cpu for key in ("transforms", "products")}
+    shares = {key: prof[key] / cpu for key in ("transforms", "products", "copies")}
     shares["other"] = max(0.0, 1.0 - shares["transforms"] - shares["products"])
     med = {m: statistics.median(v) for m, v in times.items()}
     torch_names = [m for m in med if m.startswith("torch")]
     best_torch = min(torch_names, key=lambda m: med[m]) if torch_names else None
     ratios = {}
-    if best_torch:
-        ratios["torch/fft"] = statistics.median(
-            a / b for a, b in zip(times[best_torch], times["fft"])
-        )
-    if "direct" in med:
-        ratios["direct/fft"] = statistics.median(
-            a / b for a, b in zip(times["direct"], times["fft"])
-        )
+    for key, other in (("torch/fft", best_torch), ("direct/fft", "direct")):
+        if other in med:  # per-round ratios; a single-call method against fft's median
+            if other in names:
+                ratios[key] = statistics.median(a / b for a, b in zip(times[other], times["fft"]))
+            else:
+                ratios[key] = med[other] / med["fft"]
     return dict(
         suite=suite,
         k=k,
@@ -145,6 +149,7 @@ def run_layer(
         size=p["size"],
         groups=p["groups"],
         rounds=rounds,
+        single_call=single,
         median_ms={m: v * 1e3 for m, v in med.items()},
         best_torch=best_torch,
         ratios=ratios,
@@ -167,13 +172,14 @@ def fmt_row(r: dict[str, Any]) -> str:
         f"| {r['suite']:9} | {r['k']:3d} | {cell('fft')} | {cell('direct')} | "
         f"{cell('torch_nchw')} | {cell('torch_channels_last')} | "
         f"{(f'{tr:7.1f}x' if tr else '    -   ')} | {(f'{dr:7.1f}x' if dr else '    -   ')} | "
-        f"{s['transforms']:5.0%} | {s['products']:5.0%} | {s['other']:5.0%} | {r['rounds']} |"
+        f"{s['transforms']:5.0%} | {s['products']:5.0%} | {s['other']:5.0%} "
+        f"({s.get('copies', 0):4.0%}) | {r['rounds']}{'*' if r.get('single_call') else ''} |"
     )
 
 
 HEADER = (
     "| suite     |   k | fft ms    | direct ms | torch ms  | torch CL  | torch/fft | "
-    "direct/fft | FFT share | products | other | rounds |\n"
+    "direct/fft | transforms | products | other (copies) | rounds |\n"
     "|---|---|---|---|---|---|---|---|---|---|---|---|"
 )
 
@@ -190,6 +196,13 @@ def write(args: argparse.Namespace, machine: dict[str, Any], rows: list[dict[str
         HEADER,
     ]
     lines += [fmt_row(r) for r in rows]
+    lines += [
+        "",
+        "Shares are of fftbp FFT's CPU time (wall x threads) over three profiled calls: FFTW",
+        "executes, channel products, and everything else, of which `copies` is the padding fill",
+        "and read-out copies. `*`: some method (see the JSON's single_call) took longer than",
+        "--max-call on its probe and was timed by that one call.",
+    ]
     (args.out / f"{name}.md").write_text("\n".join(lines) + "\n")
 
 
