@@ -9,18 +9,23 @@ from fftbp._config import (
     set_workspace_limit,
 )
 from fftbp.api import Conv, Grads, conv, conv_input_grad, conv_weight_grad
+from fftbp.planning import Plan, load_wisdom, plan, save_wisdom
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Conv",
     "Grads",
+    "Plan",
     "conv",
     "conv_input_grad",
     "conv_weight_grad",
     "get_fftw_effort",
     "get_num_threads",
     "get_workspace_limit",
+    "load_wisdom",
+    "plan",
+    "save_wisdom",
     "set_fftw_effort",
     "set_num_threads",
     "set_workspace_limit",

@@ -10,6 +10,7 @@ measured when they alternate).
 
 from __future__ import annotations
 
+import contextvars
 import os
 import threading
 import time
@@ -27,6 +28,7 @@ __all__ = [
     "set_fftw_effort",
     "set_num_threads",
     "set_workspace_limit",
+    "workspace_limit_override",
 ]
 
 _FFTW_EFFORTS = ("FFTW_ESTIMATE", "FFTW_MEASURE", "FFTW_PATIENT", "FFTW_EXHAUSTIVE")
@@ -86,9 +88,29 @@ def set_num_threads(n: int) -> None:
             _pool = None
 
 
+_workspace_override: contextvars.ContextVar[int | None] = contextvars.ContextVar(
+    "fftbp_workspace_override", default=None
+)
+
+
 def get_workspace_limit() -> int:
-    """Bytes of scratch memory one fftbp call may use (default: 25% of physical memory)."""
-    return int(_state["workspace"])
+    """Bytes of scratch memory one fftbp call may use (default: 25% of physical memory).
+
+    Inside :func:`workspace_limit_override` (a plan's ``memory_limit``) the smaller of the two.
+    """
+    limit = int(_state["workspace"])
+    override = _workspace_override.get()
+    return limit if override is None else min(limit, override)
+
+
+@contextmanager
+def workspace_limit_override(nbytes: int | None) -> Iterator[None]:
+    """Bound the workspace of the calls made in this context (this thread) to ``nbytes``."""
+    token = _workspace_override.set(nbytes)
+    try:
+        yield
+    finally:
+        _workspace_override.reset(token)
 
 
 def set_workspace_limit(nbytes: int) -> None:

@@ -12,26 +12,23 @@ from typing import Any
 
 import numpy as np
 
-from fftbp._config import blas_single_threaded, get_workspace_limit
+from fftbp._config import blas_single_threaded, get_workspace_limit, workspace_limit_override
 from fftbp._params import (
     ConvSpec,
     IntOrTuple,
     PaddingArg,
-    check_method,
     check_same_dtype,
     normalize_float_array,
 )
-from fftbp.kernels import direct as _direct
 from fftbp.kernels import fft as _fft
 from fftbp.kernels import fft_depthwise as _fdw
-from fftbp.planning import METHODS, choose_method
+from fftbp.planning.plan import Plan, check_method, resolve
+from fftbp.planning.routes import Route, run_forward, run_input_grad, run_weight_grad
 
 __all__ = ["Conv", "Grads", "conv", "conv_input_grad", "conv_weight_grad"]
 
-
-def _resolve(method: Any, spec: ConvSpec) -> str:
-    check_method(method, METHODS)
-    return choose_method(spec) if method == "auto" else str(method)
+Method = str | Plan
+_FFT = Route("fft")
 
 
 def _bias(bias: Any, spec: ConvSpec) -> np.ndarray | None:
@@ -55,7 +52,7 @@ def conv(
     dilation: IntOrTuple = 1,
     groups: int = 1,
     *,
-    method: str = "auto",
+    method: Method = "auto",
 ) -> np.ndarray:
     """N-D convolution layer forward pass (cross-correlation), as ``torch.nn.functional.conv2d``.
 
@@ -68,7 +65,8 @@ def conv(
     padding : int, tuple of ints, tuple of ``(low, high)`` pairs, ``'valid'`` or ``'same'``
         (``'same'`` needs stride 1; an odd total puts the extra element on the high side).
     groups : int dividing C and F (``groups == C`` is depthwise)
-    method : ``'auto'``, ``'fft'`` or ``'direct'``
+    method : ``'auto'`` (the planner's choice, :func:`fftbp.plan`), ``'fft'`` (whole maps),
+        ``'fft_tiled'`` (overlap-save tiles), ``'direct'`` (im2col + GEMM), or a :class:`Plan`.
 
     Returns
     -------
@@ -79,14 +77,7 @@ def conv(
     spec = ConvSpec.from_shapes(x.shape, w.shape, stride, padding, dilation, groups, x.dtype)
     b = _bias(bias, spec)
     check_same_dtype(input=x, weight=w, bias=b)
-    m = _resolve(method, spec)
-    with blas_single_threaded():
-        if m == "fft":
-            lay = _fft.layout(spec)
-            if spec.is_depthwise:
-                return _fdw.forward(lay, x, _fdw.weight_spectrum(lay, w), b, keep_xf=False)[0]
-            return _fft.forward(lay, x, w, b)
-    return _direct.forward(spec, x, w, b)
+    return resolve(method, spec).run("forward", spec, x, w, b)
 
 
 def _check_grad(grad_output: Any, spec: ConvSpec) -> np.ndarray:
@@ -104,7 +95,7 @@ def conv_input_grad(
     dilation: IntOrTuple = 1,
     groups: int = 1,
     *,
-    method: str = "auto",
+    method: Method = "auto",
 ) -> np.ndarray:
     """Gradient of :func:`conv` with respect to its input (``torch.nn.grad.conv2d_input``).
 
@@ -118,15 +109,7 @@ def conv_input_grad(
     )
     g = _check_grad(grad_output, spec)
     check_same_dtype(weight=w, grad_output=g)
-    m = _resolve(method, spec)
-    with blas_single_threaded():
-        if m == "fft":
-            lay = _fft.layout(spec)
-            if spec.is_depthwise:
-                wf = _fdw.weight_spectrum(lay, w)
-                return _fdw.backward(lay, g, wf, need_dw=False)[0]
-            return _fft.input_grad(lay, w, g)
-    return _direct.input_grad(spec, w, g)
+    return resolve(method, spec).run("input_grad", spec, w, g)
 
 
 def conv_weight_grad(
@@ -138,7 +121,7 @@ def conv_weight_grad(
     dilation: IntOrTuple = 1,
     groups: int = 1,
     *,
-    method: str = "auto",
+    method: Method = "auto",
 ) -> np.ndarray:
     """Gradient of :func:`conv` with respect to its weight (``torch.nn.grad.conv2d_weight``)."""
     x = normalize_float_array("input", input)
@@ -148,14 +131,7 @@ def conv_weight_grad(
     )
     g = _check_grad(grad_output, spec)
     check_same_dtype(input=x, grad_output=g)
-    m = _resolve(method, spec)
-    with blas_single_threaded():
-        if m == "fft":
-            lay = _fft.layout(spec)
-            if spec.is_depthwise:
-                return _fdw.backward(lay, g, None, x=x, need_dx=False)[1]
-            return _fft.weight_grad(lay, x, g)
-    return _direct.weight_grad(spec, x, g)
+    return resolve(method, spec).run("weight_grad", spec, x, g)
 
 
 def _shape_arg(name: str, value: Any, ndim: int) -> tuple[int, ...]:
@@ -202,9 +178,9 @@ class Conv:
         dilation: IntOrTuple = 1,
         groups: int = 1,
         *,
-        method: str = "auto",
+        method: Method = "auto",
     ) -> None:
-        check_method(method, METHODS)
+        check_method(method)
         self.stride, self.padding, self.dilation, self.groups = stride, padding, dilation, groups
         self.method = method
         self._set_weight(weight, bias)
@@ -245,14 +221,20 @@ class Conv:
     def _weight_changed(self) -> bool:
         return self._w_snapshot is None or not np.array_equal(self._weight, self._w_snapshot)
 
+    def _refresh_snapshot(self) -> None:
+        """Take a new weight snapshot (dropping Wf) if the weight changed since the last one."""
+        if self._weight_changed():
+            self._w_snapshot = np.array(self._weight, copy=True)
+            self._wf = None
+
     def _weight_spectrum(self, lay: _fft.FFTLayout) -> np.ndarray:
+        """Wf for ``lay``, computed once per weight value (the snapshot is current)."""
         depthwise = lay.spec.is_depthwise
         key = (lay.shape, lay.spec.kernel, lay.spec.dilation, lay.spec.groups, depthwise)
-        if self._wf is None or self._wf_key != key or self._weight_changed():
+        if self._wf is None or self._wf_key != key:
             make = _fdw.weight_spectrum if depthwise else _fft.weight_spectrum
             self._wf = make(lay, self._weight)
             self._wf_key = key
-            self._w_snapshot = np.array(self._weight, copy=True)
         return self._wf
 
     # -- passes -----------------------------------------------------------------------------------
@@ -269,41 +251,43 @@ class Conv:
             x.dtype,
         )
         check_same_dtype(input=x, weight=self._weight, bias=self.bias)
-        m = _resolve(self.method, spec)
-        saved: dict[str, Any] = {"spec": spec, "method": m}
-        with blas_single_threaded():
-            if m == "fft":
-                lay = _fft.layout(spec)
-                wf = self._weight_spectrum(lay)
-                saved["layout"] = lay
-                if spec.is_depthwise:
-                    keep = (
-                        lay.spectrum_bytes(spec.batch * spec.in_channels) <= get_workspace_limit()
-                    )
-                    y, xf = _fdw.forward(
-                        lay, x, wf, self.bias, keep_xf=keep, xf_out=self._ws.get("xf")
-                    )
-                    if xf is not None:
-                        self._ws["xf"] = xf
-                    saved.update({"xf": xf} if keep else {"x": np.array(x, copy=True)})
-                    self._saved = saved
-                    return y
-                per_batch = lay.spectrum_bytes(spec.batch * (spec.in_channels + spec.out_channels))
-                if per_batch <= get_workspace_limit():
-                    xf = _fft.input_spectrum(lay, x, self._ws)
-                    y = _fft.forward_from_spectra(lay, xf, wf, self.bias, self._ws)
-                    saved["xf"] = xf
-                else:
-                    y = _fft.forward(lay, x, self._weight, self.bias, wf=wf)
-                    saved["x"] = np.array(x, copy=True)
+        plan = resolve(self.method, spec, reuse=True)
+        routes = {p: plan.choice(p).route for p in ("forward", "input_grad", "weight_grad")}
+        saved: dict[str, Any] = {"spec": spec, "plan": plan, "routes": routes}
+        # x itself is kept (copied: the caller may change it) unless the weight gradient reuses Xf
+        keep_x = routes["weight_grad"] != _FFT or routes["forward"] != _FFT
+        self._refresh_snapshot()
+        with blas_single_threaded(), workspace_limit_override(plan.memory_limit):
+            if routes["forward"] == _FFT:
+                y = self._fft_forward(spec, x, saved)
+                keep_x = keep_x or "xf" not in saved
             else:
-                y = _direct.forward(spec, x, self._weight, self.bias)
-                saved["x"] = np.array(x, copy=True)
-                saved["w"] = np.array(self._weight, copy=True)
+                y = run_forward(routes["forward"], spec, x, self._weight, self.bias)
+        if keep_x:
+            saved["x"] = np.array(x, copy=True)
         self._saved = saved
         return y
 
     __call__ = forward
+
+    def _fft_forward(self, spec: ConvSpec, x: np.ndarray, saved: dict[str, Any]) -> np.ndarray:
+        """Whole-map FFT forward keeping Xf (when it fits the workspace) for the weight grad."""
+        lay = _fft.layout(spec)
+        wf = self._weight_spectrum(lay)
+        saved["layout"] = lay
+        if spec.is_depthwise:
+            keep = lay.spectrum_bytes(spec.batch * spec.in_channels) <= get_workspace_limit()
+            y, xf = _fdw.forward(lay, x, wf, self.bias, keep_xf=keep, xf_out=self._ws.get("xf"))
+            if xf is not None:
+                self._ws["xf"] = xf
+                saved["xf"] = xf
+            return y
+        per_batch = lay.spectrum_bytes(spec.batch * (spec.in_channels + spec.out_channels))
+        if per_batch <= get_workspace_limit():
+            xf = _fft.input_spectrum(lay, x, self._ws)
+            saved["xf"] = xf
+            return _fft.forward_from_spectra(lay, xf, wf, self.bias, self._ws)
+        return _fft.forward(lay, x, self._weight, self.bias, wf=wf)
 
     def backward(
         self, grad_output: Any, *, input_grad: bool = True, weight_grad: bool = True
@@ -317,50 +301,57 @@ class Conv:
             raise RuntimeError("backward: call forward() first; there is no saved forward pass")
         saved = self._saved
         spec: ConvSpec = saved["spec"]
+        routes: dict[str, Route] = saved["routes"]
         g = _check_grad(grad_output, spec)
         check_same_dtype(weight=self._weight, grad_output=g)
+        if self._weight_changed():
+            raise RuntimeError(
+                "backward: the weight array was modified in place after forward(); "
+                "the gradients of that forward pass are no longer defined; "
+                "call forward() again"
+            )
         nd = spec.nd
         gb = g.sum(axis=(0, *range(2, 2 + nd))) if self.bias is not None else None
         dx = dw = None
-        with blas_single_threaded():
-            if saved["method"] == "fft":
-                lay: _fft.FFTLayout = saved["layout"]
-                if self._weight_changed():
-                    raise RuntimeError(
-                        "backward: the weight array was modified in place after forward(); "
-                        "the gradients of that forward pass are no longer defined; "
-                        "call forward() again"
-                    )
-                # unchanged since forward, which made self._wf for this layout
-                wf = self._wf
-                if spec.is_depthwise:
-                    dx, dw = _fdw.backward(
-                        lay,
-                        g,
-                        wf,
-                        xf=saved.get("xf"),
-                        x=saved.get("x"),
-                        need_dx=input_grad,
-                        need_dw=weight_grad,
-                    )
-                elif "xf" in saved:
-                    gf = _fft.grad_spectrum(lay, g, self._ws)
-                    if input_grad:
-                        dx = _fft.input_grad_from_spectra(lay, gf, wf, self._ws)
-                    if weight_grad:
-                        dwf = _fft.weight_grad_spectrum(lay, saved["xf"], gf, ws=self._ws)
-                        dw = _fft.weight_grad_from_spectra(lay, dwf)
-                else:
-                    if input_grad:
-                        dx = _fft.input_grad(lay, self._weight, g, wf=wf)
-                    if weight_grad:
-                        dw = _fft.weight_grad(lay, saved["x"], g)
-            else:
-                if input_grad:
-                    dx = _direct.input_grad(spec, saved["w"], g)
-                if weight_grad:
-                    dw = _direct.weight_grad(spec, saved["x"], g)
+        fft_dx = input_grad and routes["input_grad"] == _FFT
+        fft_dw = weight_grad and routes["weight_grad"] == _FFT and "xf" in saved
+        with blas_single_threaded(), workspace_limit_override(saved["plan"].memory_limit):
+            if fft_dx or fft_dw:
+                dx_f, dw_f = self._fft_backward(spec, g, saved, fft_dx, fft_dw)
+                dx = dx_f if fft_dx else None
+                dw = dw_f if fft_dw else None
+            if input_grad and dx is None:
+                dx = run_input_grad(routes["input_grad"], spec, self._weight, g)
+            if weight_grad and dw is None:
+                dw = run_weight_grad(routes["weight_grad"], spec, saved["x"], g)
         return Grads(dx, dw, gb)
+
+    def _fft_backward(
+        self, spec: ConvSpec, g: np.ndarray, saved: dict[str, Any], need_dx: bool, need_dw: bool
+    ) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """Both gradients by whole-map FFT from one grad_output spectrum, reusing Wf and Xf."""
+        lay = saved.get("layout") or _fft.layout(spec)
+        wf = self._weight_spectrum(lay) if need_dx else None
+        xf = saved.get("xf") if need_dw else None
+        if spec.is_depthwise:
+            return _fdw.backward(
+                lay, g, wf, xf=xf, x=saved.get("x"), need_dx=need_dx, need_dw=need_dw
+            )
+        dx = dw = None
+        per_batch = lay.spectrum_bytes(spec.batch * (spec.in_channels + spec.out_channels))
+        if per_batch <= get_workspace_limit():
+            gf = _fft.grad_spectrum(lay, g, self._ws)
+            if need_dx:
+                dx = _fft.input_grad_from_spectra(lay, gf, wf, self._ws)
+            if need_dw and xf is not None:
+                dwf = _fft.weight_grad_spectrum(lay, xf, gf, ws=self._ws)
+                dw = _fft.weight_grad_from_spectra(lay, dwf)
+            return dx, dw
+        if need_dx:
+            dx = _fft.input_grad(lay, self._weight, g, wf=wf)
+        if need_dw:
+            dw = _fft.weight_grad(lay, saved["x"], g)
+        return dx, dw
 
     def __repr__(self) -> str:
         return (

@@ -1,5 +1,11 @@
+import os
+import tempfile
+
 import numpy as np
 import pytest
+
+# measured plans and wisdom go to a throwaway cache directory, never the user's
+os.environ["FFTBP_CACHE_DIR"] = tempfile.mkdtemp(prefix="fftbp-tests-")
 
 import fftbp
 

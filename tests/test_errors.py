@@ -77,7 +77,8 @@ G = np.zeros((2, 6, 6, 6), np.float32)
         (
             lambda: fftbp.conv(X, W, method="fast"),
             ValueError,
-            r"method: expected one of 'auto', 'fft', 'direct', got 'fast'",
+            r"method: expected one of 'auto', 'fft', 'fft_tiled', 'direct' or a Plan from "
+            r"fftbp.plan\(\), got 'fast'",
         ),
         (
             lambda: fftbp.conv_input_grad((2, 4, 8), W, G),

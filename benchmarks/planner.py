@@ -1,0 +1,250 @@
+"""How well the planner chooses: every candidate route timed on every layer (the oracle),
+against the choices of estimate mode and measure mode, in one run.
+
+For each layer and pass, every route the planner considers is timed (best of three calls after
+a warm-up call, BLAS held at one thread as in fftbp's own calls); the oracle is the fastest.
+Reported per pass: the estimate-mode choice's time over the oracle's, and the same for measure
+mode (which times its own candidates independently, before the sweep). Plus, for the strided
+layers, the polyphase route against the plain whole-map FFT route, which computes the stride-1
+correlation's spectrum and reads every s-th output.
+
+    python -m benchmarks.planner            # ~90 layers, writes benchmarks/results/planner.*
+    python -m benchmarks.planner --quick    # 12 layers
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmarks.machine import describe
+from fftbp._config import blas_single_threaded
+from fftbp._params import ConvSpec
+from fftbp.planning.cost import PASSES, estimate
+from fftbp.planning.plan import candidate_routes, constants, describe_spec, plan_for_spec
+from fftbp.planning.routes import Route, run_forward, run_input_grad, run_weight_grad
+
+
+def layers(quick: bool) -> list[dict[str, Any]]:
+    """The sweep: kernel 1..51, maps 8..512, 1D/2D/3D, batch 1..32, channels 1..256, dense,
+    grouped and depthwise, stride 1 and 2, dilation 1 and 2."""
+    out: list[dict[str, Any]] = []
+
+    def add(n, c, f, size, k, groups=1, stride=1, dilation=1, nd=2):
+        sz = (size,) * nd if isinstance(size, int) else size
+        kk = (k,) * nd
+        pad = tuple(dilation * (q - 1) // 2 for q in kk)
+        out.append(
+            dict(
+                input_shape=(n, c, *sz),
+                weight_shape=(f, c // groups, *kk),
+                stride=stride,
+                padding=pad,
+                dilation=dilation,
+                groups=groups,
+            )
+        )
+
+    for k in (1, 3, 5, 7, 11, 15, 21, 31):  # dense 2D, the core suite's shape
+        add(8, 32, 32, 64, k)
+    for k in (3, 7, 15, 31):
+        add(8, 16, 16, 32, k)
+        add(2, 8, 8, 128, k)
+    for k in (3, 7, 15, 31, 51):  # large maps, small batch
+        add(1, 8, 8, 256, k)
+        add(1, 4, 4, 512, k)
+    for k in (3, 7, 13, 31, 51):  # depthwise
+        add(8, 64, 64, 56, k, groups=64)
+    for k in (5, 15, 31):
+        add(4, 32, 32, 64, k, groups=4)  # grouped
+        add(16, 32, 64, 32, k, groups=32)  # depthwise, channel multiplier 2
+    for k in (3, 7, 15, 21, 31):  # stride 2
+        add(8, 16, 16, 64, k, stride=2)
+        add(4, 32, 32, 96, k, stride=2)
+    for k in (3, 7, 15):  # dilation 2
+        add(8, 16, 16, 64, k, dilation=2)
+        add(4, 32, 32, 48, k, dilation=2)
+    for k in (3, 15, 51):  # 1D
+        add(8, 16, 16, (1024,), k, nd=1)
+        add(32, 8, 8, (4096,), k, nd=1)
+    for k in (3, 5, 9):  # 3D
+        add(2, 8, 8, 16, k, nd=3)
+        add(1, 4, 4, 32, k, nd=3)
+    for k in (1, 3, 9):  # channel extremes
+        add(32, 1, 8, 64, k)
+        add(1, 256, 256, 16, k)
+    for k in (3, 15, 31):  # batch 1 and 32
+        add(1, 16, 16, 64, k)
+        add(32, 16, 16, 32, k)
+    if quick:
+        out = out[::8]
+    return out
+
+
+def _call(route: Route, spec: ConvSpec, pass_: str, ops: dict[str, np.ndarray]) -> None:
+    if pass_ == "forward":
+        run_forward(route, spec, ops["x"], ops["w"], None)
+    elif pass_ == "input_grad":
+        run_input_grad(route, spec, ops["w"], ops["g"])
+    else:
+        run_weight_grad(route, spec, ops["x"], ops["g"])
+
+
+def time_route(route: Route, spec: ConvSpec, pass_: str, ops: dict[str, np.ndarray]) -> float:
+    with blas_single_threaded():
+        _call(route, spec, pass_, ops)
+        best = math.inf
+        for _ in range(3):
+            t0 = time.perf_counter()
+            _call(route, spec, pass_, ops)
+            best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def key(r: Route) -> str:
+    return r.label() + (f" {'x'.join(map(str, r.tile))}" if r.tile else "")
+
+
+def run_layer(kw: dict[str, Any], max_call: float) -> dict[str, Any]:
+    opts = {k: kw[k] for k in ("stride", "padding", "dilation", "groups")}
+    spec = ConvSpec.from_shapes(kw["input_shape"], kw["weight_shape"], **opts)
+    rng = np.random.default_rng(0)
+    ops = {
+        "x": rng.standard_normal(spec.input_shape).astype(np.float32),
+        "w": rng.standard_normal(spec.weight_shape).astype(np.float32),
+        "g": rng.standard_normal(spec.output_shape).astype(np.float32),
+    }
+    t0 = time.perf_counter()
+    est = plan_for_spec(spec)
+    t_plan = time.perf_counter() - t0
+    meas = plan_for_spec(spec, mode="measure")
+    routes = candidate_routes(spec)
+    times: dict[str, dict[str, float]] = {}
+    skipped: list[str] = []
+    for pass_ in PASSES:
+        times[pass_] = {}
+        for r in routes:
+            # a route predicted far slower than the estimate's choice and slower than max_call
+            # is skipped (it cannot be the oracle); the prediction is recorded
+            predicted = estimate(r, spec, pass_, constants()).seconds
+            if predicted > max_call and predicted > 20 * est.choice(pass_).seconds:
+                skipped.append(f"{pass_}:{key(r)}")
+                continue
+            times[pass_][key(r)] = time_route(r, spec, pass_, ops)
+    result: dict[str, Any] = {
+        "layer": describe_spec(spec),
+        "plan_ms": t_plan * 1e3,
+        "times_ms": {p: {k: v * 1e3 for k, v in t.items()} for p, t in times.items()},
+        "skipped": skipped,
+        "passes": {},
+    }
+    for pass_ in PASSES:
+        t = times[pass_]
+        oracle = min(t, key=t.get)
+        e, m = key(est.choice(pass_).route), key(meas.choice(pass_).route)
+        # a choice that was not timed in the sweep (skipped) is timed now
+        for choice, plan_ in ((e, est), (m, meas)):
+            if choice not in t:
+                t[choice] = time_route(plan_.choice(pass_).route, spec, pass_, ops)
+        result["passes"][pass_] = {
+            "oracle": oracle,
+            "oracle_ms": t[oracle] * 1e3,
+            "estimate": e,
+            "estimate_ratio": t[e] / t[oracle],
+            "measure": m,
+            "measure_ratio": t[m] / t[oracle],
+        }
+    if any(s > 1 for s in spec.stride):
+        poly = [k for k in times["forward"] if "polyphase" in k and "tiled" not in k]
+        if poly and "fft" in times["forward"]:
+            result["polyphase_speedup"] = {
+                p: times[p]["fft"] / times[p][poly[0]] for p in PASSES if poly[0] in times[p]
+            }
+    return result
+
+
+def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    est = [r["passes"][p]["estimate_ratio"] for r in rows for p in PASSES]
+    meas = [r["passes"][p]["measure_ratio"] for r in rows for p in PASSES]
+    big_stride = [
+        r
+        for r in rows
+        if "polyphase_speedup" in r and " 2D " in f" {r['layer']}" and _k(r["layer"]) >= 15
+    ]
+    return {
+        "layers": len(rows),
+        "decisions": len(est),
+        "estimate_within_1.2x": sum(v <= 1.2 for v in est) / len(est),
+        "estimate_worst": max(est),
+        "measure_within_1.1x": sum(v <= 1.1 for v in meas) / len(meas),
+        "measure_worst": max(meas),
+        "plan_ms_median": statistics.median(r["plan_ms"] for r in rows),
+        "polyphase_speedup_stride2_k15plus": {
+            r["layer"]: r["polyphase_speedup"] for r in big_stride
+        },
+    }
+
+
+def _k(layer: str) -> int:
+    tok = next(t for t in layer.split() if t.startswith("k"))
+    return int(tok[1:].split("x")[0])
+
+
+def write(out: Path, name: str, machine: dict, rows: list, summary: dict | None) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    doc = {"machine": machine, "summary": summary, "rows": rows}
+    (out / f"{name}.json").write_text(json.dumps(doc, indent=1))
+    lines = [f"# {name}: planner choices against the timed oracle (float32, ms)", ""]
+    lines += ["machine: `" + json.dumps(machine) + "`", ""]
+    if summary:
+        lines += ["## Summary", "", "```", json.dumps(summary, indent=1), "```", ""]
+    lines += [
+        "| layer | pass | oracle | ms | estimate | x | measure | x |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        for p in PASSES:
+            d = r["passes"][p]
+            lines.append(
+                f"| {r['layer']} | {p} | {d['oracle']} | {d['oracle_ms']:.2f} | {d['estimate']} | "
+                f"{d['estimate_ratio']:.2f} | {d['measure']} | {d['measure_ratio']:.2f} |"
+            )
+    (out / f"{name}.md").write_text("\n".join(lines) + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--max-call", type=float, default=2.0, help="seconds; see run_layer")
+    ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    args = ap.parse_args(argv)
+    # measure-mode decisions go to a throwaway cache: the sweep must measure, not recall
+    os.environ["FFTBP_CACHE_DIR"] = tempfile.mkdtemp(prefix="fftbp-planner-")
+    machine = describe()
+    name = "planner_quick" if args.quick else "planner"
+    rows = []
+    todo = layers(args.quick)
+    for i, kw in enumerate(todo):
+        r = run_layer(kw, args.max_call)
+        rows.append(r)
+        worst = max(r["passes"][p]["estimate_ratio"] for p in PASSES)
+        print(f"[{i + 1}/{len(todo)}] {r['layer']}: estimate worst {worst:.2f}x", flush=True)
+        write(args.out, name, machine, rows, None)
+    summary = summarize(rows)
+    write(args.out, name, machine, rows, summary)
+    print(json.dumps(summary, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

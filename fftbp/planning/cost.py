@@ -1,0 +1,132 @@
+"""The estimate-mode cost model: flop, transform and byte counts per route and pass, times
+per-machine constants.
+
+Constants are whole-machine rates at the default thread count, float32. They ship with the
+values below (provenance: this project's reference machine, 2 cores AMD EPYC Zen 4, OpenBLAS
+SkylakeX kernels, pyFFTW 0.15.1, 2026-11-26; ``benchmarks/results/layers.md`` and the
+measurements quoted per constant) and ``fftbp calibrate`` replaces them with values measured on
+the user's machine (stored per machine fingerprint in the user's cache directory, see
+:mod:`fftbp.planning.store`). float64 costs twice as much per flop and per byte; its transforms
+1.8x (FFTW measured).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+from fftbp._params import ConvSpec
+from fftbp.fft.sizes import fft_cost, transform_shape
+from fftbp.planning.routes import Route
+
+__all__ = ["Constants", "PassCost", "estimate"]
+
+PASSES = ("forward", "input_grad", "weight_grad")
+
+
+@dataclass(frozen=True)
+class Constants:
+    #: seconds per unit of :func:`fftbp.fft.sizes.fft_cost` per map: 72x72 r2c maps took 7.8 us
+    #: per map on one core (0.12 ns/unit) and scale 1.6x on two worker threads.
+    fft_s_per_unit: float = 0.08e-9
+    #: complex matrix products per frequency (BLAS cgemm), flop/s: dense k31 layer, 645 MFLOP of
+    #: products in 13 ms on two workers.
+    product_flops: float = 45e9
+    #: seconds per complex multiply(-add) of the elementwise (depthwise) products, two workers.
+    elementwise_s: float = 0.3e-9
+    #: bytes/s of the copies into and out of transform buffers and of reductions' index maps.
+    copy_bytes: float = 8e9
+    #: im2col + sgemm flop/s and the unfold's bytes/s: fitted to the direct path's times at
+    #: dense k3 (100 ms) and k15 (1.28 s) in benchmarks/results/layers.md.
+    direct_flops: float = 40e9
+    direct_bytes: float = 5e9
+    #: fixed cost per pass and per chunk of work (Python, thread hand-off), seconds.
+    call_s: float = 0.3e-3
+
+    def to_json(self) -> dict[str, float]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class PassCost:
+    """Estimated seconds, peak workspace bytes, and the least workspace the route can run in
+    (the kernels chunk their work under the workspace limit, down to one sample or block)."""
+
+    seconds: float
+    bytes: int
+    min_bytes: int
+
+
+def _maps(spec: ConvSpec, pass_: str, have: frozenset[str]) -> tuple[int, int]:
+    """(forward transforms, inverse transforms) of one pass by whole-map FFT, not counting the
+    spectra in ``have`` (``"x"``, ``"w"``, ``"g"``: kept from another pass)."""
+    n, c, f, cg = spec.batch, spec.in_channels, spec.out_channels, spec.in_channels // spec.groups
+    need = {"forward": "xw", "input_grad": "gw", "weight_grad": "xg"}[pass_]
+    sizes = {"x": n * c, "w": f * cg, "g": n * f}
+    inv = {"forward": n * f, "input_grad": n * c, "weight_grad": f * cg}[pass_]
+    return sum(sizes[s] for s in need if s not in have), inv
+
+
+def fft_cost_of(
+    spec: ConvSpec, pass_: str, k: Constants, have: frozenset[str] = frozenset()
+) -> PassCost:
+    """Whole-map FFT of ``spec`` (no reductions)."""
+    shape = transform_shape(spec)
+    npts = math.prod(shape)
+    nfreq = math.prod(shape[:-1]) * (shape[-1] // 2 + 1)
+    f64 = spec.dtype.itemsize == 8
+    fwd, inv = _maps(spec, pass_, have)
+    t_fft = (fwd + inv) * fft_cost(shape) * k.fft_s_per_unit * (1.8 if f64 else 1.0)
+    n, c, f, cg = spec.batch, spec.in_channels, spec.out_channels, spec.in_channels // spec.groups
+    if spec.is_depthwise:
+        t_prod = nfreq * n * f * k.elementwise_s * (2 if pass_ == "weight_grad" else 1)
+    else:
+        t_prod = 8.0 * nfreq * n * f * cg / k.product_flops
+    t_prod *= 2.0 if f64 else 1.0
+    t_copy = (fwd + inv) * npts * spec.dtype.itemsize / k.copy_bytes
+    if not spec.is_depthwise:  # frequency-major spectra are written and read once more
+        t_copy += (fwd + inv) * nfreq * 2 * spec.dtype.itemsize / k.copy_bytes
+    csize = 2 * spec.dtype.itemsize
+    wbytes = f * cg * nfreq * csize
+    per_sample = (c + f) * nfreq * csize
+    return PassCost(
+        t_fft + t_prod + t_copy + k.call_s, wbytes + n * per_sample, wbytes + per_sample
+    )
+
+
+def direct_cost_of(spec: ConvSpec, pass_: str, k: Constants) -> PassCost:
+    f64 = spec.dtype.itemsize == 8
+    cols = (
+        spec.batch * math.prod(spec.out_size) * spec.in_channels * math.prod(spec.kernel)
+        if pass_ != "input_grad"
+        else spec.batch * math.prod(spec.in_size) * spec.out_channels * math.prod(spec.kernel)
+    )
+    unfold = cols * spec.dtype.itemsize
+    t = spec.flops / k.direct_flops * (2.0 if f64 else 1.0) + unfold / k.direct_bytes + k.call_s
+    rows = spec.out_size[0] if pass_ != "input_grad" else spec.in_size[0]
+    return PassCost(t, min(unfold, 128 << 20), unfold // (spec.batch * rows))
+
+
+def estimate(
+    route: Route, spec: ConvSpec, pass_: str, k: Constants, have: frozenset[str] = frozenset()
+) -> PassCost:
+    """Estimated seconds and peak workspace bytes of ``pass_`` by ``route`` on ``spec``
+    (``have``: spectra another pass already made, see :func:`_maps`)."""
+    chain = route.reductions(spec)
+    inner = chain[-1].inner if chain else spec
+    if route.base == "fft":
+        base = fft_cost_of(inner, pass_, k, have)
+    else:
+        base = direct_cost_of(inner, pass_, k)
+    # the reductions' index maps copy the inner operands once each way
+    item = spec.dtype.itemsize
+    moved = 0
+    for r in chain:
+        i = r.inner
+        sizes = {
+            "forward": math.prod(i.input_shape) + math.prod(i.output_shape),
+            "input_grad": math.prod(i.output_shape) + 2 * math.prod(i.input_shape),
+            "weight_grad": math.prod(i.input_shape) + math.prod(i.output_shape),
+        }
+        moved += sizes[pass_] * item
+    return PassCost(base.seconds + moved / k.copy_bytes, base.bytes + moved, base.min_bytes + moved)

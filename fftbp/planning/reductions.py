@@ -1,0 +1,315 @@
+"""Reductions: rewrite a layer as an easier layer plus cheap index maps, for all three passes.
+
+Each reduction turns an *outer* layer into an *inner* one that the base kernels (FFT or direct)
+compute, with linear maps on the way in and out::
+
+    forward      y  = y_out(inner.forward(x_in(x), w_in(w)))
+    input grad   dx = dx_out(inner.input_grad(w_in(w), g_in(g)))       dx_out = x_in^T
+    weight grad  dw = dw_out(inner.weight_grad(x_in(x), g_in(g)))      dw_out = w_in^T
+
+``g_in`` is the adjoint of ``y_out``, so the gradients follow by the chain rule and the index
+algebra of each reduction is written once, below. Reductions compose (a polyphase layer can be
+tiled). The bias passes through untouched: every reduction keeps the output channels.
+
+``Tiles``: overlap-save. Output tiles of ``T`` positions per axis need input windows of
+``L = (T-1)*s + E`` padded positions, ``T*s`` apart; the windows become extra batch entries of
+an unpadded inner layer, so the weight gradient's sum over the batch also sums over tiles, and
+the input gradient adds overlapping windows back (overlap-add). Transforms of ``L`` instead of
+the whole map: for kernels much smaller than the map, far less work.
+
+``Polyphase``: stride ``s`` (dilation 1). With ``k = s*q + r`` and padded input ``xp``::
+
+    y[o] = sum_k xp[o*s + k] w[k] = sum_r sum_q xp[s*(o+q) + r] w[s*q + r]
+         = sum_r sum_q  x_r[o + q] w_r[q],   x_r[j] = xp[s*j + r],  w_r[q] = w[s*q + r]
+
+a stride-1 layer on maps ``s`` times smaller, with the ``s**nd`` phases as extra input channels
+(space-to-depth) and a kernel of ``ceil(K/s)`` taps: no output is computed and thrown away.
+
+``DilationPhases``: dilation ``d`` (stride 1). With ``o = d*p + r``::
+
+    y[d*p + r] = sum_k xp[d*(p+k) + r] w[k] = sum_k x_r[p + k] w[k],   x_r[j] = xp[d*j + r]
+
+``d**nd`` undilated layers on maps ``d`` times smaller, the phases as extra batch entries.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from fftbp._params import ConvSpec
+from fftbp.kernels.direct import pad_or_crop
+
+__all__ = ["DilationPhases", "Polyphase", "Reduction", "Tiles"]
+
+
+def _padded(spec: ConvSpec, total: tuple[int, ...]) -> tuple[tuple[int, int], ...]:
+    """Pairs that pad (or crop) the input to ``total`` per axis, starting with the low padding."""
+    return tuple((lo, t - h - lo) for h, (lo, _), t in zip(spec.in_size, spec.padding, total))
+
+
+def _unpadded(spec: ConvSpec, total: tuple[int, ...]) -> tuple[tuple[int, int], ...]:
+    """Pairs that map a gradient of the ``total``-long padded input back to ``[lo, lo + H)``."""
+    return tuple((-lo, -(t - h - lo)) for h, (lo, _), t in zip(spec.in_size, spec.padding, total))
+
+
+def _split_axes(a: np.ndarray, lead: int, outer: tuple[int, ...], inner: tuple[int, ...]):
+    """View axes ``lead..`` of length ``outer[i]*inner[i]`` as ``(outer[i], inner[i])`` pairs."""
+    shape = a.shape[:lead] + tuple(v for pair in zip(outer, inner) for v in pair)
+    return a.reshape(shape)
+
+
+class Reduction:
+    """Base class: an outer layer rewritten as ``inner`` plus index maps (see module docs)."""
+
+    outer: ConvSpec
+    inner: ConvSpec
+    name: str = ""
+
+    def x_in(self, x: np.ndarray) -> np.ndarray:
+        return x
+
+    def w_in(self, w: np.ndarray) -> np.ndarray:
+        return w
+
+    def g_in(self, g: np.ndarray) -> np.ndarray:
+        return g
+
+    def y_out(self, y: np.ndarray) -> np.ndarray:
+        return y
+
+    def dx_out(self, dx: np.ndarray) -> np.ndarray:
+        return dx
+
+    def dw_out(self, dw: np.ndarray) -> np.ndarray:
+        return dw
+
+    def describe(self) -> str:
+        return self.name
+
+
+@dataclass(frozen=True)
+class Tiles(Reduction):
+    """Overlap-save tiles of ``tile`` outputs per axis."""
+
+    outer: ConvSpec
+    tile: tuple[int, ...]
+    name: str = "tiles"
+
+    @property
+    def counts(self) -> tuple[int, ...]:
+        return tuple(-(-o // t) for o, t in zip(self.outer.out_size, self.tile))
+
+    @property
+    def window(self) -> tuple[int, ...]:
+        """Padded input positions per tile, ``(T-1)*s + E``."""
+        s = self.outer
+        return tuple((t - 1) * st + e for t, st, e in zip(self.tile, s.stride, s.kernel_extent))
+
+    @property
+    def total(self) -> tuple[int, ...]:
+        """Padded input length covering every tile."""
+        s = self.outer
+        return tuple(
+            (n * t - 1) * st + e
+            for n, t, st, e in zip(self.counts, self.tile, s.stride, s.kernel_extent)
+        )
+
+    @property
+    def inner(self) -> ConvSpec:
+        s = self.outer
+        return replace(
+            s,
+            batch=s.batch * math.prod(self.counts),
+            in_size=self.window,
+            padding=((0, 0),) * s.nd,
+        )
+
+    def describe(self) -> str:
+        return f"tiles {'x'.join(map(str, self.tile))} out ({'x'.join(map(str, self.counts))})"
+
+    def x_in(self, x: np.ndarray) -> np.ndarray:
+        s = self.outer
+        xp = pad_or_crop(x, _padded(s, self.total))
+        st = xp.strides
+        hops = tuple(t * sd * st[2 + i] for i, (t, sd) in enumerate(zip(self.tile, s.stride)))
+        view = np.lib.stride_tricks.as_strided(
+            xp,
+            shape=(s.batch, *self.counts, s.in_channels, *self.window),
+            strides=(st[0], *hops, st[1], *st[2:]),
+            writeable=False,
+        )
+        return view.reshape(self.inner.input_shape)  # copies: windows overlap
+
+    def g_in(self, g: np.ndarray) -> np.ndarray:
+        s, nd = self.outer, self.outer.nd
+        full = tuple(n * t for n, t in zip(self.counts, self.tile))
+        gp = pad_or_crop(g, tuple((0, f - o) for f, o in zip(full, s.out_size)))
+        v = _split_axes(gp, 2, self.counts, self.tile)
+        order = (0, *range(2, 2 + 2 * nd, 2), 1, *range(3, 3 + 2 * nd, 2))
+        return np.ascontiguousarray(v.transpose(order)).reshape(self.inner.output_shape)
+
+    def y_out(self, y: np.ndarray) -> np.ndarray:
+        s, nd = self.outer, self.outer.nd
+        v = y.reshape(s.batch, *self.counts, s.out_channels, *self.tile)
+        order = (0, 1 + nd, *itertools.chain(*((1 + i, 2 + nd + i) for i in range(nd))))
+        v = v.transpose(order)
+        full = tuple(n * t for n, t in zip(self.counts, self.tile))
+        v = v.reshape(s.batch, s.out_channels, *full)
+        return np.ascontiguousarray(v[(slice(None), slice(None), *map(slice, s.out_size))])
+
+    def dx_out(self, dx: np.ndarray) -> np.ndarray:
+        s = self.outer
+        v = dx.reshape(s.batch, *self.counts, s.in_channels, *self.window)
+        acc = np.zeros((s.batch, s.in_channels, *self.total), dtype=dx.dtype)
+        hop = tuple(t * sd for t, sd in zip(self.tile, s.stride))
+        for idx in itertools.product(*map(range, self.counts)):  # overlap-add, one slab per tile
+            dest = tuple(slice(i * h, i * h + w) for i, h, w in zip(idx, hop, self.window))
+            acc[(slice(None), slice(None), *dest)] += v[(slice(None), *idx)]
+        return np.ascontiguousarray(pad_or_crop(acc, _unpadded(s, self.total)))
+
+
+def _phase_in(xp: np.ndarray, count: tuple[int, ...], phases: tuple[int, ...]) -> np.ndarray:
+    """``(N, C, *count*phases)`` -> ``(N, C, *phases, *count)``, ``[.., r, j] = xp[.., j*p + r]``
+    per axis."""
+    nd = len(count)
+    v = _split_axes(xp, 2, count, phases)
+    return v.transpose(0, 1, *range(3, 3 + 2 * nd, 2), *range(2, 2 + 2 * nd, 2))
+
+
+def _phase_out(a: np.ndarray, count: tuple[int, ...], phases: tuple[int, ...]) -> np.ndarray:
+    """Inverse of :func:`_phase_in`: ``(N, C, *phases, *count)`` -> ``(N, C, *count*phases)``."""
+    nd = len(count)
+    order = (0, 1, *itertools.chain(*((2 + nd + i, 2 + i) for i in range(nd))))
+    v = a.transpose(order)
+    return v.reshape(*a.shape[:2], *(c * p for c, p in zip(count, phases)))
+
+
+@dataclass(frozen=True)
+class Polyphase(Reduction):
+    """Stride -> stride-1 layer on ``s**nd`` phase channels (space-to-depth). Needs dilation 1."""
+
+    outer: ConvSpec
+    name: str = "polyphase"
+
+    @property
+    def taps(self) -> tuple[int, ...]:
+        return tuple(-(-k // s) for k, s in zip(self.outer.kernel, self.outer.stride))
+
+    @property
+    def length(self) -> tuple[int, ...]:
+        """Phase-map length: exactly what the inner layer's outputs read."""
+        return tuple(o + q - 1 for o, q in zip(self.outer.out_size, self.taps))
+
+    @property
+    def inner(self) -> ConvSpec:
+        s = self.outer
+        p = math.prod(s.stride)
+        return replace(
+            s,
+            in_channels=s.in_channels * p,
+            in_size=self.length,
+            kernel=self.taps,
+            stride=(1,) * s.nd,
+            padding=((0, 0),) * s.nd,
+        )
+
+    def describe(self) -> str:
+        return f"polyphase {'x'.join(map(str, self.outer.stride))}"
+
+    def x_in(self, x: np.ndarray) -> np.ndarray:
+        s = self.outer
+        total = tuple(j * st for j, st in zip(self.length, s.stride))
+        xp = pad_or_crop(x, _padded(s, total))
+        v = _phase_in(xp, self.length, s.stride)  # (N, C, *phases, *length)
+        return np.ascontiguousarray(v).reshape(self.inner.input_shape)
+
+    def w_in(self, w: np.ndarray) -> np.ndarray:
+        s = self.outer
+        full = tuple(q * st for q, st in zip(self.taps, s.stride))
+        wp = pad_or_crop(w, tuple((0, f - k) for f, k in zip(full, s.kernel)))
+        v = _phase_in(wp, self.taps, s.stride)
+        return np.ascontiguousarray(v).reshape(self.inner.weight_shape)
+
+    def dx_out(self, dx: np.ndarray) -> np.ndarray:
+        s = self.outer
+        v = dx.reshape(s.batch, s.in_channels, *s.stride, *self.length)
+        total = tuple(j * st for j, st in zip(self.length, s.stride))
+        return np.ascontiguousarray(
+            pad_or_crop(_phase_out(v, self.length, s.stride), _unpadded(s, total))
+        )
+
+    def dw_out(self, dw: np.ndarray) -> np.ndarray:
+        s = self.outer
+        cg = s.in_channels // s.groups
+        v = dw.reshape(s.out_channels, cg, *s.stride, *self.taps)
+        full = _phase_out(v, self.taps, s.stride)
+        return np.ascontiguousarray(full[(slice(None), slice(None), *map(slice, s.kernel))])
+
+
+@dataclass(frozen=True)
+class DilationPhases(Reduction):
+    """Dilation -> ``d**nd`` undilated layers (phases as batch entries). Needs stride 1."""
+
+    outer: ConvSpec
+    name: str = "dilation phases"
+
+    @property
+    def phase_out(self) -> tuple[int, ...]:
+        return tuple(-(-o // d) for o, d in zip(self.outer.out_size, self.outer.dilation))
+
+    @property
+    def length(self) -> tuple[int, ...]:
+        return tuple(p + k - 1 for p, k in zip(self.phase_out, self.outer.kernel))
+
+    @property
+    def inner(self) -> ConvSpec:
+        s = self.outer
+        return replace(
+            s,
+            batch=s.batch * math.prod(s.dilation),
+            in_size=self.length,
+            dilation=(1,) * s.nd,
+            padding=((0, 0),) * s.nd,
+        )
+
+    def describe(self) -> str:
+        return f"dilation phases {'x'.join(map(str, self.outer.dilation))}"
+
+    def _to_batch(self, a: np.ndarray, count: tuple[int, ...]) -> np.ndarray:
+        """``(N, C, *count*d)`` -> ``(N * prod(d), C, *count)``, phase-major within a sample."""
+        s, nd = self.outer, self.outer.nd
+        v = _phase_in(a, count, s.dilation)  # (N, C, *d, *count)
+        v = v.transpose(0, *range(2, 2 + nd), 1, *range(2 + nd, 2 + 2 * nd))
+        return np.ascontiguousarray(v).reshape(-1, a.shape[1], *count)
+
+    def _from_batch(self, a: np.ndarray, count: tuple[int, ...]) -> np.ndarray:
+        s, nd = self.outer, self.outer.nd
+        v = a.reshape(s.batch, *s.dilation, a.shape[1], *count)
+        v = v.transpose(0, 1 + nd, *range(1, 1 + nd), *range(2 + nd, 2 + 2 * nd))
+        return _phase_out(v, count, s.dilation)
+
+    def x_in(self, x: np.ndarray) -> np.ndarray:
+        s = self.outer
+        total = tuple(j * d for j, d in zip(self.length, s.dilation))
+        return self._to_batch(pad_or_crop(x, _padded(s, total)), self.length)
+
+    def g_in(self, g: np.ndarray) -> np.ndarray:
+        s = self.outer
+        full = tuple(p * d for p, d in zip(self.phase_out, s.dilation))
+        gp = pad_or_crop(g, tuple((0, f - o) for f, o in zip(full, s.out_size)))
+        return self._to_batch(gp, self.phase_out)
+
+    def y_out(self, y: np.ndarray) -> np.ndarray:
+        s = self.outer
+        full = self._from_batch(y, self.phase_out)
+        return np.ascontiguousarray(full[(slice(None), slice(None), *map(slice, s.out_size))])
+
+    def dx_out(self, dx: np.ndarray) -> np.ndarray:
+        s = self.outer
+        total = tuple(j * d for j, d in zip(self.length, s.dilation))
+        full = self._from_batch(dx, self.length)
+        return np.ascontiguousarray(pad_or_crop(full, _unpadded(s, total)))

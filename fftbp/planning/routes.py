@@ -1,0 +1,155 @@
+"""Routes: one way to compute a pass (base kernel + optional reductions), and running them.
+
+A :class:`Route` names an algorithm the planner can choose: the base kernel (``"fft"``: whole
+maps, ``"direct"``: im2col + GEMM), optionally after a stride or dilation decomposition
+(``prep``) and overlap-save tiling (``tile``, FFT only). Routes are small, hashable and
+serialisable, so measured decisions can be stored.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from fftbp._params import ConvSpec
+from fftbp.kernels import direct as _direct
+from fftbp.kernels import fft as _fft
+from fftbp.kernels import fft_depthwise as _fdw
+from fftbp.planning.reductions import DilationPhases, Polyphase, Reduction, Tiles
+
+__all__ = ["ALGORITHMS", "Route", "run_forward", "run_input_grad", "run_weight_grad"]
+
+#: Names accepted by ``method=`` to force an algorithm (``"auto"`` plans).
+ALGORITHMS = ("fft", "fft_tiled", "direct")
+PREPS = ("", "polyphase", "dilation")
+
+
+@dataclass(frozen=True)
+class Route:
+    """``base`` kernel, after the ``prep`` decomposition and ``tile`` tiling (FFT only)."""
+
+    base: str
+    prep: str = ""
+    tile: tuple[int, ...] | None = None
+
+    @property
+    def algorithm(self) -> str:
+        if self.base == "direct":
+            return "direct"
+        return "fft_tiled" if self.tile else "fft"
+
+    def label(self) -> str:
+        name = self.algorithm
+        if self.prep:
+            name += f"+{self.prep}"
+        return name
+
+    def reductions(self, spec: ConvSpec) -> list[Reduction]:
+        """The chain of reductions, outermost first (the last one's ``inner`` is computed)."""
+        chain: list[Reduction] = []
+        if self.prep == "polyphase":
+            chain.append(Polyphase(spec))
+        elif self.prep == "dilation":
+            chain.append(DilationPhases(spec))
+        if self.tile is not None:
+            chain.append(Tiles(chain[-1].inner if chain else spec, self.tile))
+        return chain
+
+    def inner(self, spec: ConvSpec) -> ConvSpec:
+        chain = self.reductions(spec)
+        return chain[-1].inner if chain else spec
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "base": self.base,
+            "prep": self.prep,
+            "tile": list(self.tile) if self.tile else None,
+        }
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Route:
+        base, prep, tile = d["base"], d.get("prep", ""), d.get("tile")
+        if base not in ("fft", "direct") or prep not in PREPS:
+            raise ValueError(f"route: unknown base {base!r} or prep {prep!r}")
+        if tile is not None and (
+            not isinstance(tile, list) or not all(isinstance(t, int) and t > 0 for t in tile)
+        ):
+            raise ValueError(f"route: bad tile {tile!r}")
+        return cls(base, prep, tuple(tile) if tile else None)
+
+
+def applicable_preps(spec: ConvSpec) -> list[str]:
+    """Decompositions that apply to ``spec``: polyphase needs stride > 1 and dilation 1;
+    dilation phases need dilation > 1 and stride 1."""
+    out = [""]
+    if any(s > 1 for s in spec.stride) and all(d == 1 for d in spec.dilation):
+        out.append("polyphase")
+    if any(d > 1 for d in spec.dilation) and all(s == 1 for s in spec.stride):
+        out.append("dilation")
+    return out
+
+
+# -- base kernels on one (inner) layer -------------------------------------------------------
+def base_forward(base: str, spec: ConvSpec, x: np.ndarray, w: np.ndarray, b: Any) -> np.ndarray:
+    if base == "fft":
+        lay = _fft.layout(spec)
+        if spec.is_depthwise:
+            return _fdw.forward(lay, x, _fdw.weight_spectrum(lay, w), b, keep_xf=False)[0]
+        return _fft.forward(lay, x, w, b)
+    return _direct.forward(spec, x, w, b)
+
+
+def base_input_grad(base: str, spec: ConvSpec, w: np.ndarray, g: np.ndarray) -> np.ndarray:
+    if base == "fft":
+        lay = _fft.layout(spec)
+        if spec.is_depthwise:
+            return _fdw.backward(lay, g, _fdw.weight_spectrum(lay, w), need_dw=False)[0]
+        return _fft.input_grad(lay, w, g)
+    return _direct.input_grad(spec, w, g)
+
+
+def base_weight_grad(base: str, spec: ConvSpec, x: np.ndarray, g: np.ndarray) -> np.ndarray:
+    if base == "fft":
+        lay = _fft.layout(spec)
+        if spec.is_depthwise:
+            return _fdw.backward(lay, g, None, x=x, need_dx=False)[1]
+        return _fft.weight_grad(lay, x, g)
+    return _direct.weight_grad(spec, x, g)
+
+
+# -- a whole route ----------------------------------------------------------------------------
+def _apply_in(chain: list[Reduction], attr: str, a: np.ndarray) -> np.ndarray:
+    for r in chain:
+        a = getattr(r, attr)(a)
+    return a
+
+
+def _apply_out(chain: list[Reduction], attr: str, a: np.ndarray) -> np.ndarray:
+    for r in reversed(chain):
+        a = getattr(r, attr)(a)
+    return a
+
+
+def run_forward(
+    route: Route, spec: ConvSpec, x: np.ndarray, w: np.ndarray, b: np.ndarray | None
+) -> np.ndarray:
+    chain = route.reductions(spec)
+    inner = chain[-1].inner if chain else spec
+    xi, wi = _apply_in(chain, "x_in", x), _apply_in(chain, "w_in", w)
+    return _apply_out(chain, "y_out", base_forward(route.base, inner, xi, wi, b))
+
+
+def run_input_grad(route: Route, spec: ConvSpec, w: np.ndarray, g: np.ndarray) -> np.ndarray:
+    chain = route.reductions(spec)
+    inner = chain[-1].inner if chain else spec
+    wi, gi = _apply_in(chain, "w_in", w), _apply_in(chain, "g_in", g)
+    return _apply_out(chain, "dx_out", base_input_grad(route.base, inner, wi, gi))
+
+
+def run_weight_grad(route: Route, spec: ConvSpec, x: np.ndarray, g: np.ndarray) -> np.ndarray:
+    chain = route.reductions(spec)
+    inner = chain[-1].inner if chain else spec
+    xi, gi = _apply_in(chain, "x_in", x), _apply_in(chain, "g_in", g)
+    return _apply_out(chain, "dw_out", base_weight_grad(route.base, inner, xi, gi))
