@@ -1,7 +1,8 @@
 """Forward + input gradient + weight gradient: fftbp FFT, fftbp direct and PyTorch, side by side.
 
 Protocol (../shared/CALIBRATION.md): methods alternate within one process, their order rotates
-each round, and every timed call follows a 0.25 s pause and one untimed warm-up call. Reported:
+each round, and every timed sample follows a 0.25 s pause and one untimed warm-up call (methods
+under a second take the median of three calls as the round's sample). Reported:
 median times and the median of per-round ratios. Very slow methods get fewer rounds (a per-layer
 time budget) and are skipped above --max-call seconds, predicted from the previous kernel size
 of the same suite (times grow with the kernel); a method whose first call exceeds --max-call keeps
@@ -72,12 +73,16 @@ def torch_step(fmt: str, x: np.ndarray, w: np.ndarray, pad: int, groups: int) ->
     return step
 
 
-def timed(fn: Callable) -> float:
+def timed(fn: Callable, reps: int = 1) -> float:
+    """Pause, one untimed warm-up call, then the median of ``reps`` timed calls."""
     time.sleep(0.25)
     fn()
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
+    samples = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        samples.append(time.perf_counter() - t0)
+    return statistics.median(samples)
 
 
 def run_layer(
@@ -117,8 +122,8 @@ def run_layer(
     rounds = int(max(1, min(args.rounds, args.budget // max(per_round, 1e-9))))
     for r in range(rounds):
         order = names[r % len(names) :] + names[: r % len(names)]
-        for m in order:
-            times[m].append(timed(methods[m]))
+        for m in order:  # fast methods: the median of three calls per round
+            times[m].append(timed(methods[m], 3 if probe[m] < 1.0 else 1))
     # time shares of the FFT method, from three profiled calls in a row
     fft_fn = methods["fft"]
     fft_fn()
@@ -195,7 +200,8 @@ def write(args: argparse.Namespace, machine: dict[str, Any], rows: list[dict[str
         "",
         HEADER,
     ]
-    lines += [fmt_row(r) for r in rows]
+    order = list(SUITES)
+    lines += [fmt_row(r) for r in sorted(rows, key=lambda r: (order.index(r["suite"]), r["k"]))]
     lines += [
         "",
         "Shares are of fftbp FFT's CPU time (wall x threads) over three profiled calls: FFTW",
@@ -218,6 +224,11 @@ def main(argv: list[str] | None = None) -> int:
         help="skip a method whose predicted call time exceeds this (s)",
     )
     ap.add_argument("--no-torch", action="store_true")
+    ap.add_argument(
+        "--suites",
+        default=None,
+        help="comma-separated suites to (re)run; their rows replace those in the results file",
+    )
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = ap.parse_args(argv)
     if not args.no_torch:
@@ -227,8 +238,18 @@ def main(argv: list[str] | None = None) -> int:
     machine = describe()
     print("machine:", json.dumps(machine))
     print(HEADER)
-    rows = []
-    for suite, p in (QUICK if args.quick else SUITES).items():
+    rows: list[dict[str, Any]] = []
+    suites = QUICK if args.quick else SUITES
+    if args.suites:
+        wanted = args.suites.split(",")
+        unknown = [s for s in wanted if s not in suites]
+        if unknown:
+            ap.error(f"--suites: unknown suite(s) {unknown}; choose from {list(suites)}")
+        previous = args.out / f"{'layers_quick' if args.quick else 'layers'}.json"
+        if previous.exists():
+            rows = [r for r in json.loads(previous.read_text())["rows"] if r["suite"] not in wanted]
+        suites = {s: suites[s] for s in wanted}
+    for suite, p in suites.items():
         last: dict[str, float] = {}
         use_cl = True
         prev_k = None
