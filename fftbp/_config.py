@@ -24,6 +24,7 @@ __all__ = [
     "get_fftw_effort",
     "get_num_threads",
     "get_workspace_limit",
+    "parallel_for",
     "parallel_map",
     "set_fftw_effort",
     "set_num_threads",
@@ -154,23 +155,65 @@ def parallel_map(fn: Callable[[int, int, int], None], ranges: list[tuple[int, in
 
     The calling thread takes the last range itself. Exceptions propagate.
     """
+    if _profile is not None:  # account idle worker time (CPU-seconds) while profiling
+        t_start = time.perf_counter()
+        busy = [0.0]
+
+        def traced(slot: int, a: int, b: int, _fn=fn) -> None:
+            t0 = time.perf_counter()
+            try:
+                _fn(slot, a, b)
+            finally:
+                with _profile_lock:
+                    busy[0] += time.perf_counter() - t0
+
+        fn = traced
     if len(ranges) == 1:
         fn(0, *ranges[0])
-        return
-    pool = _get_pool(get_num_threads())
-    futures = [pool.submit(fn, i, a, b) for i, (a, b) in enumerate(ranges[:-1])]
-    error: BaseException | None = None
-    try:
-        fn(len(ranges) - 1, *ranges[-1])
-    except BaseException as exc:
-        error = exc
-    for fut in futures:
+    else:
+        pool = _get_pool(get_num_threads())
+        futures = [pool.submit(fn, i, a, b) for i, (a, b) in enumerate(ranges[:-1])]
+        error: BaseException | None = None
         try:
-            fut.result()
+            fn(len(ranges) - 1, *ranges[-1])
         except BaseException as exc:
-            error = error or exc
-    if error is not None:
-        raise error
+            error = exc
+        for fut in futures:
+            try:
+                fut.result()
+            except BaseException as exc:
+                error = error or exc
+        if error is not None:
+            raise error
+    if _profile is not None:
+        wall = time.perf_counter() - t_start
+        record("parallel", wall)
+        record("idle", wall * get_num_threads() - busy[0])
+
+
+def parallel_for(fn: Callable[[int, int, int], None], n: int, chunk: int) -> None:
+    """Run ``fn(slot, a, b)`` over ``[0, n)`` in pieces of ``chunk``, handed out dynamically.
+
+    Each worker thread (``slot``) takes the next piece when it finishes one, so a worker that
+    is slowed down (a preempted core on a shared machine) does not hold the others at the
+    barrier the way a static split does.
+    """
+    pieces = [(a, min(a + chunk, n)) for a in range(0, n, max(chunk, 1))]
+    if not pieces:
+        return
+    lock = threading.Lock()
+    queue = iter(pieces)
+
+    def worker(slot: int, _a: int, _b: int) -> None:
+        while True:
+            with lock:
+                piece = next(queue, None)
+            if piece is None:
+                return
+            fn(slot, *piece)
+
+    workers = min(get_num_threads(), len(pieces))
+    parallel_map(worker, [(0, 0)] * workers)
 
 
 # -- BLAS threads -------------------------------------------------------------------------------
@@ -219,9 +262,17 @@ _profile_lock = threading.Lock()
 @contextmanager
 def profiling() -> Iterator[dict[str, float]]:
     """Collect CPU-seconds (summed over threads) spent in FFTW executes (``transforms``), channel
-    products (``products``) and the copies into and out of transform buffers (``copies``)."""
+    products (``products``) and the copies into and out of transform buffers (``copies``), plus
+    the wall time inside worker-pool sections (``parallel``) and the workers' idle CPU-seconds
+    there (``idle``). Outside those sections the other workers idle too (``wall - parallel``)."""
     global _profile
-    _profile = {"transforms": 0.0, "products": 0.0, "copies": 0.0}
+    _profile = {
+        "transforms": 0.0,
+        "products": 0.0,
+        "copies": 0.0,
+        "parallel": 0.0,  # wall seconds inside worker-pool sections
+        "idle": 0.0,  # worker CPU-seconds spent waiting inside those sections
+    }
     try:
         yield _profile
     finally:

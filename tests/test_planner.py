@@ -141,7 +141,7 @@ def test_bad_plan_arguments():
 def test_memory_limit_excludes_routes_and_says_when_nothing_fits():
     shape, wshape = (16, 64, 128, 128), (64, 64, 15, 15)
     free = fftbp.plan(shape, wshape, padding=7)
-    limit = 64 << 20
+    limit = 256 << 20
     tight = fftbp.plan(shape, wshape, padding=7, memory_limit=limit)
     assert free.forward_choice.bytes > limit  # whole-map spectra of this layer do not fit
     for p in ("forward", "input_grad", "weight_grad"):

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import pyfftw
 
-from fftbp._config import get_fftw_effort, get_num_threads, parallel_map, split_range, timed
+from fftbp._config import get_fftw_effort, get_num_threads, parallel_for, timed
 
 __all__ = [
     "MAX_PLANS",
@@ -141,16 +141,15 @@ def _build_strided(
     return _Plan(fftw, scratch)
 
 
-def _chunking(
-    total: int, shape: tuple[int, ...], real: np.dtype
-) -> tuple[list[tuple[int, int]], int]:
+def _chunking(total: int, shape: tuple[int, ...], real: np.dtype) -> int:
+    """Maps per sub-chunk: scratch under ``_SCRATCH_BYTES``, a multiple of 8 (alignment), and
+    at least two sub-chunks per worker where the batch allows (dynamic load balance)."""
     map_bytes = math.prod(shape) * real.itemsize
-    ranges = split_range(total, get_num_threads(), align=8)
-    per = max(b - a for a, b in ranges)
+    per = -(-total // (2 * get_num_threads()))
     sub = max(1, min(per, _SCRATCH_BYTES // map_bytes))
     if sub >= 8:
         sub -= sub % 8
-    return ranges, sub
+    return sub
 
 
 def rfft_batch(spec: np.ndarray, shape: tuple[int, ...], fill: FillFn) -> None:
@@ -180,27 +179,25 @@ def irfft_batch(spec: np.ndarray, shape: tuple[int, ...], read: ReadFn) -> None:
 def _run(forward: bool, spec: np.ndarray, shape: tuple[int, ...], io: FillFn) -> None:
     total = spec.shape[-1]
     real = np.dtype(np.float32 if spec.dtype == np.complex64 else np.float64)
-    ranges, sub = _chunking(total, shape, real)
+    sub = _chunking(total, shape, real)
 
-    def work(slot: int, start: int, stop: int) -> None:
-        for b0 in range(start, stop, sub):
-            b1 = min(b0 + sub, stop)
-            view = spec[..., b0:b1]
-            plan = _get_plan(forward, b1 - b0, shape, real, view, slot)
-            view_t = np.moveaxis(view, -1, 0)
-            with plan.lock:
-                if forward:
-                    io(plan.scratch, b0, b1)
-                    plan.fftw.update_arrays(plan.scratch, view_t)
-                    execute(plan)
-                else:
-                    plan.fftw.update_arrays(view_t, plan.scratch)
-                    execute(plan)
-                    io(plan.scratch, b0, b1)
+    def work(slot: int, b0: int, b1: int) -> None:
+        view = spec[..., b0:b1]
+        plan = _get_plan(forward, b1 - b0, shape, real, view, slot)
+        view_t = np.moveaxis(view, -1, 0)
+        with plan.lock:
+            if forward:
+                io(plan.scratch, b0, b1)
+                plan.fftw.update_arrays(plan.scratch, view_t)
+                execute(plan)
+            else:
+                plan.fftw.update_arrays(view_t, plan.scratch)
+                execute(plan)
+                io(plan.scratch, b0, b1)
 
-    parallel_map(work, ranges)
+    parallel_for(work, total, sub)
     with _cache_lock:
-        _stats["executes"] += sum(-(-(b - a) // sub) for a, b in ranges)
+        _stats["executes"] += -(-total // sub)
         _stats["forward_maps" if forward else "inverse_maps"] += total
 
 

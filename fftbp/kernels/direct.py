@@ -28,12 +28,12 @@ output positions); BLAS runs single-threaded inside each worker.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from fftbp._config import get_num_threads, get_workspace_limit, parallel_map, split_range
+from fftbp._config import get_num_threads, get_workspace_limit, parallel_for, split_range
 from fftbp._params import ConvSpec
 
 __all__ = ["forward", "input_grad", "pad_or_crop", "weight_grad"]
@@ -237,14 +237,14 @@ class _Flat:
         ]
 
 
-def _run(tasks: list, body) -> None:
-    ranges = split_range(len(tasks), get_num_threads())
+def _run(tasks: list, body: Callable[..., None]) -> None:
+    """``body(slot, *task)`` for every task, handed out dynamically to the worker threads."""
 
     def work(slot: int, a: int, b: int) -> None:
         for t in range(a, b):
             body(slot, *tasks[t])
 
-    parallel_map(work, ranges)
+    parallel_for(work, len(tasks), 1)
 
 
 def _shifted_forward(spec: ConvSpec, x: np.ndarray, w: np.ndarray) -> np.ndarray:

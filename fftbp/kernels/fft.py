@@ -48,8 +48,7 @@ import pyfftw
 from fftbp._config import (
     get_num_threads,
     get_workspace_limit,
-    parallel_map,
-    split_range,
+    parallel_for,
     timed,
 )
 from fftbp._params import ConvSpec
@@ -330,12 +329,11 @@ def _product(
         else:
             O[...] = r
 
-    def work(_slot: int, start: int, stop: int) -> None:
+    def work(_slot: int, q0: int, q1: int) -> None:
         with timed("products"):
-            for q0 in range(start, stop, step):
-                block(q0, min(q0 + step, stop))
+            block(q0, q1)
 
-    parallel_map(work, split_range(q, get_num_threads()))
+    parallel_for(work, q, max(step, -(-q // (8 * get_num_threads()))))
 
 
 # -- read-out ------------------------------------------------------------------------------------

@@ -30,7 +30,7 @@ from collections.abc import Callable
 import numpy as np
 import pyfftw
 
-from fftbp._config import get_num_threads, parallel_map, split_range, timed
+from fftbp._config import get_num_threads, parallel_for, timed
 from fftbp.fft.plans import aligned, count_maps, execute, owned_plan
 from fftbp.kernels.fft import FFTLayout, Index, _axis_index, place_maps, read_maps
 
@@ -62,15 +62,14 @@ def _chunk(lay: FFTLayout, channels: int, maps_per_channel: int, parts: int = 1)
     return max(d for d in range(1, channels + 1) if channels % d == 0 and d <= target)
 
 
-def _run_tasks(tasks: list[tuple[int, int]], body: Callable[[int, int, int], None]) -> None:
-    """``body(slot, *task)`` for every task, contiguous runs of tasks per worker thread."""
-    ranges = split_range(len(tasks), get_num_threads())
+def _run_tasks(tasks: list, body: Callable[..., None]) -> None:
+    """``body(slot, *task)`` for every task, handed out dynamically to the worker threads."""
 
     def work(slot: int, a: int, b: int) -> None:
         for t in range(a, b):
             body(slot, *tasks[t])
 
-    parallel_map(work, ranges)
+    parallel_for(work, len(tasks), 1)
 
 
 def weight_spectrum(lay: FFTLayout, w: np.ndarray) -> np.ndarray:
@@ -181,7 +180,7 @@ def backward(
     dw = np.empty(spec.weight_shape, dtype=spec.dtype) if need_dw else None
     dwflat = None if dw is None else dw.reshape(c_, m, *spec.kernel)
     w_c = None if wf is None else wf[0].reshape(c_, m, *lay.half_shape)
-    step = _chunk(lay, c_, m + 1, parts=get_num_threads())
+    step = _chunk(lay, c_, m + 1, parts=2 * get_num_threads())
     x_place, w_index = _x_place(lay), _w_index(lay)
 
     def body(slot: int, _n: int, c0: int) -> None:

@@ -2,8 +2,9 @@
 
 Each constant is measured on the code path it models, with fftbp's own time accounting
 (:func:`fftbp._config.profiling`): the FFTW executes, the channel products and the copies of a
-dense 48x48 layer; the elementwise products of a depthwise layer; the direct path on two layers
-(solving for its flop and byte rates); the fixed cost of a tiny call. Every figure is the
+dense 48x48 layer; the elementwise products of a depthwise layer; the fixed cost of a tiny call;
+the direct path's GEMM rate on a stride-1 layer and its unfold rate on a strided one (each
+after subtracting what the model already accounts for). Every figure is the
 median of a few repetitions. The result is stored per machine fingerprint in the cache
 directory and used by ``mode="estimate"`` from then on.
 """
@@ -14,6 +15,7 @@ import math
 import statistics
 import time
 from collections.abc import Callable
+from dataclasses import replace
 
 import numpy as np
 
@@ -21,7 +23,7 @@ from fftbp._config import get_num_threads, profiling
 from fftbp._params import ConvSpec
 from fftbp.fft.sizes import fft_cost, transform_shape
 from fftbp.planning import store
-from fftbp.planning.cost import Constants
+from fftbp.planning.cost import Constants, direct_cost_of
 from fftbp.planning.routes import Route, run_forward
 
 __all__ = ["calibrate"]
@@ -47,6 +49,17 @@ def _profiled(fn: Callable[[], object], reps: int) -> dict[str, float]:
             fn()
         runs.append({**prof, "wall": time.perf_counter() - t0})
     return {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+
+
+def _rate(amount: float, seconds: float, fallback: float) -> float:
+    """amount / seconds, or ``fallback`` when the remainder is too small to measure."""
+    return amount / seconds if seconds > 1e-5 else fallback
+
+
+def _waste(spec: ConvSpec) -> float:
+    """Flops of the shifted-GEMM kernel over the layer's flops (whole padded rows computed)."""
+    padded = [h + lo + hi for h, (lo, hi) in zip(spec.in_size, spec.padding)]
+    return math.prod(padded[1:]) / math.prod(spec.out_size[1:])
 
 
 def _layer(spec: ConvSpec, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -85,24 +98,24 @@ def calibrate(*, reps: int = 5, save: bool = True) -> Constants:
     nfreq = math.prod(shape[:-1]) * (shape[-1] // 2 + 1)
     elementwise_s = prof["products"] / threads / (nfreq * dw.batch * dw.out_channels)
 
-    # direct: two layers with different flop/byte ratios, t = flops/R + bytes/B + call
-    specs = [
-        ConvSpec.from_shapes((4, 32, 32, 32), (32, 32, 3, 3), padding=1),
-        ConvSpec.from_shapes((4, 32, 32, 32), (32, 32, 9, 9), padding=4),
-    ]
-    rows, times = [], []
-    for s in specs:
-        x, w = _layer(s, rng)
-        t = _median_time(lambda s=s, x=x, w=w: run_forward(Route("direct"), s, x, w, None), reps)
-        unfold = s.batch * math.prod(s.out_size) * s.in_channels * math.prod(s.kernel) * 4
-        rows.append([s.flops, unfold])
-        times.append(t)
     call_spec = ConvSpec.from_shapes((1, 1, 8, 8), (1, 1, 3, 3), padding=1)
     x, w = _layer(call_spec, rng)
     call_s = _median_time(lambda: run_forward(Route("fft"), call_spec, x, w, None), reps * 4)
-    inv = np.linalg.lstsq(np.array(rows, float), np.array(times) - call_s, rcond=None)[0]
-    direct_flops = 1.0 / inv[0] if inv[0] > 0 else default.direct_flops
-    direct_bytes = 1.0 / inv[1] if inv[1] > 0 else default.direct_bytes
+
+    # direct, stride 1 (shifted GEMMs): the GEMM rate, after the modelled copies
+    partial = Constants(copy_bytes=copy_bytes, call_s=call_s)
+    s1 = ConvSpec.from_shapes((4, 32, 32, 32), (32, 32, 7, 7), padding=3)
+    x, w = _layer(s1, rng)
+    t = _median_time(lambda: run_forward(Route("direct"), s1, x, w, None), reps)
+    modelled = direct_cost_of(s1, "forward", replace(partial, direct_flops=math.inf))
+    direct_flops = _rate(s1.flops * _waste(s1), t - modelled.seconds, default.direct_flops)
+
+    # direct, strided (im2col + GEMM): the unfold's byte rate, after the GEMM
+    s2 = ConvSpec.from_shapes((4, 32, 32, 32), (32, 32, 7, 7), stride=2, padding=3)
+    x, w = _layer(s2, rng)
+    t = _median_time(lambda: run_forward(Route("direct"), s2, x, w, None), reps)
+    unfold = s2.batch * math.prod(s2.out_size) * s2.in_channels * math.prod(s2.kernel) * 4
+    direct_bytes = _rate(unfold, t - s2.flops / direct_flops - call_s, default.direct_bytes)
 
     k = Constants(
         fft_s_per_unit=fft_s,

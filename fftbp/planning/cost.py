@@ -36,9 +36,9 @@ class Constants:
     elementwise_s: float = 0.3e-9
     #: bytes/s of the copies into and out of transform buffers and of reductions' index maps.
     copy_bytes: float = 8e9
-    #: im2col + sgemm flop/s and the unfold's bytes/s: fitted to the direct path's times at
-    #: dense k3 (100 ms) and k15 (1.28 s) in benchmarks/results/layers.md.
-    direct_flops: float = 40e9
+    #: direct path: GEMM flop/s of the shifted-GEMM kernels (dense N8 C=F=32 64x64 k15, three
+    #: passes in 466 ms: 97 GFLOP/s on two workers) and bytes/s of the strided path's im2col.
+    direct_flops: float = 95e9
     direct_bytes: float = 5e9
     #: fixed cost per pass and per chunk of work (Python, thread hand-off), seconds.
     call_s: float = 0.3e-3
@@ -95,16 +95,43 @@ def fft_cost_of(
 
 
 def direct_cost_of(spec: ConvSpec, pass_: str, k: Constants) -> PassCost:
+    """The direct kernels: shifted GEMMs for stride 1 (the input gradient is a stride-1 forward
+    pass of the upsampled grad_output), im2col + GEMM for the strided forward and weight grad."""
     f64 = spec.dtype.itemsize == 8
-    cols = (
-        spec.batch * math.prod(spec.out_size) * spec.in_channels * math.prod(spec.kernel)
-        if pass_ != "input_grad"
-        else spec.batch * math.prod(spec.in_size) * spec.out_channels * math.prod(spec.kernel)
-    )
-    unfold = cols * spec.dtype.itemsize
+    item = spec.dtype.itemsize
+    nk = math.prod(spec.kernel)
+    n, c, f = spec.batch, spec.in_channels, spec.out_channels
+    strided = any(s > 1 for s in spec.stride)
+    if pass_ == "input_grad" or not strided:
+        # flattened padded rows: positions per sample of the (transposed) stride-1 layer
+        if pass_ == "input_grad":
+            rows, padded = (
+                spec.in_size[0],
+                [h + e - 1 for h, e in zip(spec.in_size, spec.kernel_extent)],
+            )
+            outs, ins = c, f
+        else:
+            rows = spec.out_size[0]
+            padded = [h + lo + hi for h, (lo, hi) in zip(spec.in_size, spec.padding)]
+            outs, ins = f, c
+        positions = rows * math.prod(padded[1:])
+        if ins // spec.groups == 1:
+            # one input channel per group: an elementwise multiply-add (or a matrix-vector
+            # product) per kernel offset, bound by memory (~5 accesses per element)
+            moved = nk * n * outs * positions * 5 * item
+            t = moved / k.copy_bytes
+        else:
+            flops = 2.0 * n * outs * (ins // spec.groups) * positions * nk
+            t = flops / k.direct_flops * (2.0 if f64 else 1.0)
+            t += nk * n * outs * positions * item / k.copy_bytes  # the accumulating add
+        inputs = n * ins * math.prod(padded) * item
+        t += inputs / k.copy_bytes + k.call_s
+        full = inputs + n * outs * positions * item  # flat copies of the whole batch
+        return PassCost(t, full, full)
+    cols = n * math.prod(spec.out_size) * c * nk
+    unfold = cols * item
     t = spec.flops / k.direct_flops * (2.0 if f64 else 1.0) + unfold / k.direct_bytes + k.call_s
-    rows = spec.out_size[0] if pass_ != "input_grad" else spec.in_size[0]
-    return PassCost(t, min(unfold, 128 << 20), unfold // (spec.batch * rows))
+    return PassCost(t, min(unfold, 128 << 20), unfold // (n * spec.out_size[0]))
 
 
 def estimate(
