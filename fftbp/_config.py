@@ -286,12 +286,36 @@ def record(category: str, seconds: float) -> None:
             prof[category] += seconds
 
 
-@contextmanager
-def timed(category: str) -> Iterator[None]:
+class _Timer:
+    """Context manager behind :func:`timed` (a plain class: a generator-based context manager
+    costs microseconds per use, which profiling would then report as overhead)."""
+
+    __slots__ = ("category", "t0")
+
+    def __init__(self, category: str) -> None:
+        self.category = category
+        self.t0 = 0.0
+
+    def __enter__(self) -> None:
+        self.t0 = time.perf_counter()
+
+    def __exit__(self, *exc: object) -> None:
+        record(self.category, time.perf_counter() - self.t0)
+
+
+class _NoTimer:
+    __slots__ = ()
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+_NO_TIMER = _NoTimer()
+
+
+def timed(category: str) -> _Timer | _NoTimer:
     """Account the block's time to ``category`` when :func:`profiling` is on (else free)."""
-    if _profile is None:
-        yield
-        return
-    t0 = time.perf_counter()
-    yield
-    record(category, time.perf_counter() - t0)
+    return _NO_TIMER if _profile is None else _Timer(category)

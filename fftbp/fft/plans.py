@@ -124,7 +124,9 @@ def _build_strided(
     complex_dt = np.result_type(real, np.complex64)
     scratch = pyfftw.empty_aligned((b, *shape), dtype=real, n=_ALIGN)
     spec = _strided_scratch(spec_view.shape, spec_view.strides, complex_dt, aligned)
-    flags = [effort, "FFTW_DESTROY_INPUT"]
+    # forward plans keep their real input intact, so the zero padding in the scratch survives
+    # from one fill to the next (see fftbp.kernels.fft.place_maps); c2r must destroy its input
+    flags = [effort] if forward else [effort, "FFTW_DESTROY_INPUT"]
     if not aligned:
         flags.append("FFTW_UNALIGNED")
     axes = tuple(range(1, len(shape) + 1))
@@ -230,7 +232,7 @@ def _build_owned(
     r = pyfftw.empty_aligned((b, *shape), dtype=real, n=_ALIGN)
     c = pyfftw.empty_aligned((b, *half), dtype=complex_dt, n=_ALIGN)
     axes = tuple(range(1, len(shape) + 1))
-    flags = [effort, "FFTW_DESTROY_INPUT"]
+    flags = [effort] if forward else [effort, "FFTW_DESTROY_INPUT"]  # as in _build_strided
     if forward:
         fftw = pyfftw.FFTW(r, c, axes=axes, direction="FFTW_FORWARD", flags=flags, threads=1)
     else:

@@ -40,7 +40,9 @@ FFT path marks more of them.
 from __future__ import annotations
 
 import math
+import weakref
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pyfftw
@@ -184,17 +186,31 @@ def flip_maps(a: np.ndarray) -> np.ndarray:
     return a[(slice(None),) + (slice(None, None, -1),) * (a.ndim - 1)]
 
 
+#: buffer id -> (weak reference to the buffer, placement whose complement is known to be zero)
+_zero_outside: dict[int, tuple[weakref.ref, tuple[Any, ...]]] = {}
+
+
 def place_maps(dst: np.ndarray, src: np.ndarray, place: tuple[slice, ...]) -> None:
     """Write ``src`` maps at ``place`` in ``dst`` and zero everything else.
 
-    For a box at the origin (the usual case) only the complement is zeroed, not the whole buffer.
+    Transform scratch buffers are refilled with the same placement over and over, and forward
+    FFTW plans preserve their input, so the zeros outside ``place`` survive: they are written
+    only when the buffer last held another placement (checked by identity and geometry).
     """
+    token = (place, dst.shape, dst.strides, dst.dtype.str)
+    key = id(dst)
     with timed("copies"):
-        if all(p.start == 0 and p.step in (None, 1) for p in place):
-            for axis, p in enumerate(place):
-                dst[(slice(None), *place[:axis], slice(p.stop, None))] = 0
-        else:
-            dst.fill(0)
+        entry = _zero_outside.get(key)
+        if entry is None or entry[0]() is not dst or entry[1] != token:
+            if all(p.start == 0 and p.step in (None, 1) for p in place):
+                for axis, p in enumerate(place):
+                    dst[(slice(None), *place[:axis], slice(p.stop, None))] = 0
+            else:
+                dst.fill(0)
+            if len(_zero_outside) > 4096:  # drop entries of buffers that no longer exist
+                for k in [k for k, (ref, _) in _zero_outside.items() if ref() is None]:
+                    del _zero_outside[k]
+            _zero_outside[key] = (weakref.ref(dst), token)
         dst[(slice(None), *place)] = src
 
 

@@ -124,7 +124,7 @@ def forward(
     brows = None if bias is None else bias.reshape(c_, m)
 
     def body(slot: int, n: int, c0: int) -> None:
-        fp = owned_plan(True, step, lay.shape, spec.dtype, slot, tag="xf" if direct else "")
+        fp = owned_plan(True, step, lay.shape, spec.dtype, slot, tag="xf" if direct else "x")
         ip = owned_plan(False, step * m, lay.shape, spec.dtype, slot)
         b0 = n * c_ + c0
         with fp.lock, ip.lock:
@@ -191,13 +191,13 @@ def backward(
             if acc is not None:
                 if xf is not None:
                     xs = xf[b0 : b0 + step]
-                else:  # recompute this chunk's Xf (before Gf: the two may share a plan)
-                    fp = owned_plan(True, step, lay.shape, spec.dtype, slot)
+                else:  # recompute this chunk's Xf (its own plan: it stays valid while Gf is used)
+                    fp = owned_plan(True, step, lay.shape, spec.dtype, slot, tag="x")
                     with fp.lock:
                         place_maps(fp.fftw.input_array, xflat[b0 : b0 + step], x_place)
                         execute(fp)
-                        xs = fp.fftw.output_array.copy()
-            gp = owned_plan(True, step * m, lay.shape, spec.dtype, slot)
+                        xs = fp.fftw.output_array
+            gp = owned_plan(True, step * m, lay.shape, spec.dtype, slot, tag="g")
             with gp.lock:
                 g0 = n * f_ + c0 * m
                 place_maps(gp.fftw.input_array, gflat[g0 : g0 + step * m], lay.g_place)
