@@ -218,7 +218,11 @@ def write(args: argparse.Namespace, machine: dict[str, Any], rows: list[dict[str
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="two dense layers and one depthwise")
+    ap.add_argument(
+        "--quick",
+        action="store_true",
+        help="two dense layers and one depthwise; torch in its default (NCHW) format only",
+    )
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--budget", type=float, default=20.0, help="seconds per layer for rounds")
     ap.add_argument(
@@ -255,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
         suites = {s: suites[s] for s in wanted}
     for suite, p in suites.items():
         last: dict[str, float] = {}
-        use_cl = True
+        use_cl = not args.quick  # quick: torch in its default format only (CL backward is slow)
         prev_k = None
         for k in p["ks"]:
             # predicted call time: the previous kernel's time scaled by the kernel area

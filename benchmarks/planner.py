@@ -1,8 +1,9 @@
 """How well the planner chooses: every candidate route timed on every layer (the oracle),
 against the choices of estimate mode and measure mode, in one run.
 
-For each layer and pass, every route the planner considers is timed (best of three calls after
-a warm-up call, BLAS held at one thread as in fftbp's own calls); the oracle is the fastest.
+For each layer and pass, every route the planner considers is timed (a warm-up call each, then
+the best of three rounds in which the routes alternate; BLAS held at one thread as in fftbp's
+own calls); the oracle is the fastest.
 Reported per pass: the estimate-mode choice's time over the oracle's, and the same for measure
 mode (which times its own candidates independently, before the sweep). Plus, for the strided
 layers, the polyphase route against the plain whole-map FFT route, which computes the stride-1
@@ -16,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import statistics
 import sys
@@ -31,8 +31,14 @@ from benchmarks.machine import describe
 from fftbp._config import blas_single_threaded
 from fftbp._params import ConvSpec
 from fftbp.planning.cost import PASSES, estimate
-from fftbp.planning.plan import candidate_routes, constants, describe_spec, plan_for_spec
-from fftbp.planning.routes import Route, run_forward, run_input_grad, run_weight_grad
+from fftbp.planning.plan import (
+    candidate_routes,
+    constants,
+    describe_spec,
+    plan_for_spec,
+    time_routes,
+)
+from fftbp.planning.routes import Route
 
 
 def layers(quick: bool) -> list[dict[str, Any]]:
@@ -91,26 +97,6 @@ def layers(quick: bool) -> list[dict[str, Any]]:
     return out
 
 
-def _call(route: Route, spec: ConvSpec, pass_: str, ops: dict[str, np.ndarray]) -> None:
-    if pass_ == "forward":
-        run_forward(route, spec, ops["x"], ops["w"], None)
-    elif pass_ == "input_grad":
-        run_input_grad(route, spec, ops["w"], ops["g"])
-    else:
-        run_weight_grad(route, spec, ops["x"], ops["g"])
-
-
-def time_route(route: Route, spec: ConvSpec, pass_: str, ops: dict[str, np.ndarray]) -> float:
-    with blas_single_threaded():
-        _call(route, spec, pass_, ops)
-        best = math.inf
-        for _ in range(3):
-            t0 = time.perf_counter()
-            _call(route, spec, pass_, ops)
-            best = min(best, time.perf_counter() - t0)
-    return best
-
-
 def key(r: Route) -> str:
     return r.label() + (f" {'x'.join(map(str, r.tile))}" if r.tile else "")
 
@@ -132,15 +118,18 @@ def run_layer(kw: dict[str, Any], max_call: float) -> dict[str, Any]:
     times: dict[str, dict[str, float]] = {}
     skipped: list[str] = []
     for pass_ in PASSES:
-        times[pass_] = {}
+        timed_routes = []
         for r in routes:
             # a route predicted far slower than the estimate's choice and slower than max_call
             # is skipped (it cannot be the oracle); the prediction is recorded
             predicted = estimate(r, spec, pass_, constants()).seconds
             if predicted > max_call and predicted > 20 * est.choice(pass_).seconds:
                 skipped.append(f"{pass_}:{key(r)}")
-                continue
-            times[pass_][key(r)] = time_route(r, spec, pass_, ops)
+            else:
+                timed_routes.append(r)
+        with blas_single_threaded():
+            best = time_routes(timed_routes, spec, pass_, ops)
+        times[pass_] = {key(r): t for r, t in zip(timed_routes, best)}
     result: dict[str, Any] = {
         "layer": describe_spec(spec),
         "plan_ms": t_plan * 1e3,
@@ -155,7 +144,8 @@ def run_layer(kw: dict[str, Any], max_call: float) -> dict[str, Any]:
         # a choice that was not timed in the sweep (skipped) is timed now
         for choice, plan_ in ((e, est), (m, meas)):
             if choice not in t:
-                t[choice] = time_route(plan_.choice(pass_).route, spec, pass_, ops)
+                with blas_single_threaded():
+                    t[choice] = time_routes([plan_.choice(pass_).route], spec, pass_, ops)[0]
         result["passes"][pass_] = {
             "oracle": oracle,
             "oracle_ms": t[oracle] * 1e3,

@@ -12,8 +12,9 @@ Modes:
     planning).
 ``"measure"``
     Times the candidates on the actual shapes (the best estimated ones, within a factor of the
-    best estimate, so planning stays bounded), returns the times and stores the decision, with
-    FFTW's wisdom, under the layer signature, dtype, thread count and machine fingerprint.
+    best estimate, so planning stays bounded; best of three alternating rounds), returns the
+    times and stores the decision, with FFTW's wisdom, under the layer signature, dtype, thread
+    count and machine fingerprint.
 """
 
 from __future__ import annotations
@@ -398,23 +399,30 @@ def decision_key(spec: ConvSpec, limit: int | None, reuse: bool) -> str:
     return f"{describe_spec(spec)}|limit={limit}|reuse={reuse}|threads={get_num_threads()}"
 
 
-def _time_pass(route: Route, spec: ConvSpec, pass_: str, ops: dict[str, np.ndarray]) -> float:
-    """Best of two timed calls after one warm-up call (which also plans FFTW)."""
+def call_pass(route: Route, spec: ConvSpec, pass_: str, ops: dict[str, np.ndarray]) -> None:
+    """One call of ``pass_`` by ``route`` on operands ``ops`` (x, w, g)."""
+    if pass_ == "forward":
+        run_forward(route, spec, ops["x"], ops["w"], None)
+    elif pass_ == "input_grad":
+        run_input_grad(route, spec, ops["w"], ops["g"])
+    else:
+        run_weight_grad(route, spec, ops["x"], ops["g"])
 
-    def call() -> None:
-        if pass_ == "forward":
-            run_forward(route, spec, ops["x"], ops["w"], None)
-        elif pass_ == "input_grad":
-            run_input_grad(route, spec, ops["w"], ops["g"])
-        else:
-            run_weight_grad(route, spec, ops["x"], ops["g"])
 
-    call()
-    best = math.inf
-    for _ in range(2):
-        t0 = time.perf_counter()
-        call()
-        best = min(best, time.perf_counter() - t0)
+def time_routes(
+    routes: list[Route], spec: ConvSpec, pass_: str, ops: dict[str, np.ndarray], rounds: int = 3
+) -> list[float]:
+    """Best time of each route over ``rounds`` rounds, after one warm-up call each (which also
+    plans FFTW). The routes alternate within a round, so a slow phase of a shared machine hits
+    them all alike instead of one of them."""
+    for r in routes:
+        call_pass(r, spec, pass_, ops)
+    best = [math.inf] * len(routes)
+    for _ in range(rounds):
+        for i, r in enumerate(routes):
+            t0 = time.perf_counter()
+            call_pass(r, spec, pass_, ops)
+            best[i] = min(best[i], time.perf_counter() - t0)
     return best
 
 
@@ -439,14 +447,16 @@ def _measure(spec: ConvSpec, limit: int | None, reuse: bool) -> Plan:
     with blas_single_threaded(), workspace_limit_override(limit):
         for pass_ in PASSES:
             best_est = est.choice(pass_).seconds
-            costs = []
+            cands = []
             for r in candidate_routes(spec):
                 c = estimate(r, spec, pass_, k)
-                if c.seconds > MEASURE_WINDOW * best_est or (
-                    limit is not None and c.min_bytes > limit
+                if c.seconds <= MEASURE_WINDOW * best_est and (
+                    limit is None or c.min_bytes <= limit
                 ):
-                    continue
-                t = _time_pass(r, spec, pass_, ops)
+                    cands.append((r, c))
+            times = time_routes([r for r, _ in cands], spec, pass_, ops)
+            costs = []
+            for (r, c), t in zip(cands, times):
                 timings.setdefault(_route_key(r), {})[pass_] = t
                 costs.append((r, t, c))
             (route, sec, nbytes), runner = _pick(costs, limit, spec, pass_)
