@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -135,12 +136,12 @@ class ConvSpec:
     def nd(self) -> int:
         return len(self.kernel)
 
-    @property
+    @cached_property
     def kernel_extent(self) -> tuple[int, ...]:
         """Size of the dilated kernel, ``d*(k-1)+1`` per axis."""
         return tuple(d * (k - 1) + 1 for k, d in zip(self.kernel, self.dilation))
 
-    @property
+    @cached_property
     def out_size(self) -> tuple[int, ...]:
         return tuple(
             (h + lo + hi - e) // s + 1
@@ -149,15 +150,15 @@ class ConvSpec:
             )
         )
 
-    @property
+    @cached_property
     def input_shape(self) -> tuple[int, ...]:
         return (self.batch, self.in_channels, *self.in_size)
 
-    @property
+    @cached_property
     def weight_shape(self) -> tuple[int, ...]:
         return (self.out_channels, self.in_channels // self.groups, *self.kernel)
 
-    @property
+    @cached_property
     def output_shape(self) -> tuple[int, ...]:
         return (self.batch, self.out_channels, *self.out_size)
 
@@ -166,7 +167,7 @@ class ConvSpec:
         """One input channel per group (``groups == C``): the channel sum is elementwise."""
         return self.in_channels == self.groups
 
-    @property
+    @cached_property
     def flops(self) -> int:
         """Multiply-adds x 2 of one direct forward pass (the same for each gradient)."""
         return (

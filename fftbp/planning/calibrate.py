@@ -19,7 +19,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from fftbp._config import get_num_threads, profiling
+from fftbp._config import blas_single_threaded, get_num_threads, profiling
 from fftbp._params import ConvSpec
 from fftbp.fft.sizes import fft_cost, transform_shape
 from fftbp.planning import store
@@ -73,6 +73,16 @@ def calibrate(*, reps: int = 5, save: bool = True) -> Constants:
     them for this machine. Returns the measured constants."""
     from fftbp.planning.plan import set_constants
 
+    with blas_single_threaded():  # as every fftbp call runs
+        k = _measure_constants(reps)
+    if save:
+        store.save_constants(k.to_json())
+        set_constants(k)
+    return k
+
+
+def _measure_constants(reps: int) -> Constants:
+
     rng = np.random.default_rng(0)
     threads = get_num_threads()
     default = Constants()
@@ -97,6 +107,8 @@ def calibrate(*, reps: int = 5, save: bool = True) -> Constants:
     shape = transform_shape(dw)
     nfreq = math.prod(shape[:-1]) * (shape[-1] // 2 + 1)
     elementwise_s = prof["products"] / threads / (nfreq * dw.batch * dw.out_channels)
+    dw_maps = 2 * dw.batch * dw.in_channels + dw.out_channels
+    fft_natural_s = prof["transforms"] / threads / (dw_maps * fft_cost(shape))
 
     call_spec = ConvSpec.from_shapes((1, 1, 8, 8), (1, 1, 3, 3), padding=1)
     x, w = _layer(call_spec, rng)
@@ -119,6 +131,7 @@ def calibrate(*, reps: int = 5, save: bool = True) -> Constants:
 
     k = Constants(
         fft_s_per_unit=fft_s,
+        fft_natural_s_per_unit=fft_natural_s,
         product_flops=product_flops,
         elementwise_s=elementwise_s,
         copy_bytes=copy_bytes,
@@ -126,7 +139,4 @@ def calibrate(*, reps: int = 5, save: bool = True) -> Constants:
         direct_bytes=direct_bytes,
         call_s=call_s,
     )
-    if save:
-        store.save_constants(k.to_json())
-        set_constants(k)
     return k

@@ -2,12 +2,11 @@
 per-machine constants.
 
 Constants are whole-machine rates at the default thread count, float32. They ship with the
-values below (provenance: this project's reference machine, 2 cores AMD EPYC Zen 4, OpenBLAS
-SkylakeX kernels, pyFFTW 0.15.1, 2026-11-26; ``benchmarks/results/layers.md`` and the
-measurements quoted per constant) and ``fftbp calibrate`` replaces them with values measured on
-the user's machine (stored per machine fingerprint in the user's cache directory, see
-:mod:`fftbp.planning.store`). float64 costs twice as much per flop and per byte; its transforms
-1.8x (FFTW measured).
+values ``fftbp calibrate`` measured on this project's reference machine (2 cores AMD EPYC Zen 4,
+OpenBLAS SkylakeX kernels, pyFFTW 0.15.1, 2026-11-26), and ``fftbp calibrate`` replaces them
+with values measured on the user's machine (stored per machine fingerprint in the user's cache
+directory, see :mod:`fftbp.planning.store`). float64 costs twice as much per flop and per byte;
+its transforms 1.8x (FFTW measured).
 """
 
 from __future__ import annotations
@@ -26,22 +25,25 @@ PASSES = ("forward", "input_grad", "weight_grad")
 
 @dataclass(frozen=True)
 class Constants:
-    #: seconds per unit of :func:`fftbp.fft.sizes.fft_cost` per map: 72x72 r2c maps took 7.8 us
-    #: per map on one core (0.12 ns/unit) and scale 1.6x on two worker threads.
-    fft_s_per_unit: float = 0.08e-9
-    #: complex matrix products per frequency (BLAS cgemm), flop/s: dense k31 layer, 645 MFLOP of
-    #: products in 13 ms on two workers.
-    product_flops: float = 45e9
-    #: seconds per complex multiply(-add) of the elementwise (depthwise) products, two workers.
-    elementwise_s: float = 0.3e-9
-    #: bytes/s of the copies into and out of transform buffers and of reductions' index maps.
-    copy_bytes: float = 8e9
-    #: direct path: GEMM flop/s of the shifted-GEMM kernels (dense N8 C=F=32 64x64 k15, three
-    #: passes in 466 ms: 97 GFLOP/s on two workers) and bytes/s of the strided path's im2col.
-    direct_flops: float = 95e9
-    direct_bytes: float = 5e9
-    #: fixed cost per pass and per chunk of work (Python, thread hand-off), seconds.
-    call_s: float = 0.3e-3
+    # Shipped values: `fftbp calibrate` on the reference machine, 2026-11-26 (two runs, mean).
+    #: seconds per unit of :func:`fftbp.fft.sizes.fft_cost` per map, frequency-major transforms
+    #: of dense layers (strided writes: 1.8x a natural-layout transform on one core, and they
+    #: scale poorly over two workers)
+    fft_s_per_unit: float = 0.27e-9
+    #: the same for the natural-layout transforms of depthwise layers
+    fft_natural_s_per_unit: float = 0.09e-9
+    #: complex matrix products per frequency (BLAS cgemm), flop/s
+    product_flops: float = 43e9
+    #: seconds per complex multiply(-add) of the elementwise (depthwise) products
+    elementwise_s: float = 0.23e-9
+    #: bytes/s of the copies into and out of transform buffers and of reductions' index maps
+    copy_bytes: float = 50e9
+    #: direct path: GEMM flop/s of the shifted-GEMM kernels, and bytes/s of the strided
+    #: path's im2col unfold
+    direct_flops: float = 140e9
+    direct_bytes: float = 2.8e9
+    #: fixed cost per pass (Python, thread hand-off), seconds
+    call_s: float = 0.056e-3
 
     def to_json(self) -> dict[str, float]:
         return asdict(self)
@@ -76,7 +78,8 @@ def fft_cost_of(
     nfreq = math.prod(shape[:-1]) * (shape[-1] // 2 + 1)
     f64 = spec.dtype.itemsize == 8
     fwd, inv = _maps(spec, pass_, have)
-    t_fft = (fwd + inv) * fft_cost(shape) * k.fft_s_per_unit * (1.8 if f64 else 1.0)
+    unit = k.fft_natural_s_per_unit if spec.is_depthwise else k.fft_s_per_unit
+    t_fft = (fwd + inv) * fft_cost(shape) * unit * (1.8 if f64 else 1.0)
     n, c, f, cg = spec.batch, spec.in_channels, spec.out_channels, spec.in_channels // spec.groups
     if spec.is_depthwise:
         t_prod = nfreq * n * f * k.elementwise_s * (2 if pass_ == "weight_grad" else 1)

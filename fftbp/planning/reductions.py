@@ -37,6 +37,7 @@ from __future__ import annotations
 import itertools
 import math
 from dataclasses import dataclass, replace
+from functools import cached_property
 
 import numpy as np
 
@@ -99,17 +100,17 @@ class Tiles(Reduction):
     tile: tuple[int, ...]
     name: str = "tiles"
 
-    @property
+    @cached_property
     def counts(self) -> tuple[int, ...]:
         return tuple(-(-o // t) for o, t in zip(self.outer.out_size, self.tile))
 
-    @property
+    @cached_property
     def window(self) -> tuple[int, ...]:
         """Padded input positions per tile, ``(T-1)*s + E``."""
         s = self.outer
         return tuple((t - 1) * st + e for t, st, e in zip(self.tile, s.stride, s.kernel_extent))
 
-    @property
+    @cached_property
     def total(self) -> tuple[int, ...]:
         """Padded input length covering every tile."""
         s = self.outer
@@ -118,7 +119,7 @@ class Tiles(Reduction):
             for n, t, st, e in zip(self.counts, self.tile, s.stride, s.kernel_extent)
         )
 
-    @property
+    @cached_property
     def inner(self) -> ConvSpec:
         s = self.outer
         return replace(
@@ -195,16 +196,16 @@ class Polyphase(Reduction):
     outer: ConvSpec
     name: str = "polyphase"
 
-    @property
+    @cached_property
     def taps(self) -> tuple[int, ...]:
         return tuple(-(-k // s) for k, s in zip(self.outer.kernel, self.outer.stride))
 
-    @property
+    @cached_property
     def length(self) -> tuple[int, ...]:
         """Phase-map length: exactly what the inner layer's outputs read."""
         return tuple(o + q - 1 for o, q in zip(self.outer.out_size, self.taps))
 
-    @property
+    @cached_property
     def inner(self) -> ConvSpec:
         s = self.outer
         p = math.prod(s.stride)
@@ -257,15 +258,15 @@ class DilationPhases(Reduction):
     outer: ConvSpec
     name: str = "dilation phases"
 
-    @property
+    @cached_property
     def phase_out(self) -> tuple[int, ...]:
         return tuple(-(-o // d) for o, d in zip(self.outer.out_size, self.outer.dilation))
 
-    @property
+    @cached_property
     def length(self) -> tuple[int, ...]:
         return tuple(p + k - 1 for p, k in zip(self.phase_out, self.outer.kernel))
 
-    @property
+    @cached_property
     def inner(self) -> ConvSpec:
         s = self.outer
         return replace(

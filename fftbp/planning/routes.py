@@ -9,6 +9,7 @@ serialisable, so measured decisions can be stored.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -48,14 +49,7 @@ class Route:
 
     def reductions(self, spec: ConvSpec) -> list[Reduction]:
         """The chain of reductions, outermost first (the last one's ``inner`` is computed)."""
-        chain: list[Reduction] = []
-        if self.prep == "polyphase":
-            chain.append(Polyphase(spec))
-        elif self.prep == "dilation":
-            chain.append(DilationPhases(spec))
-        if self.tile is not None:
-            chain.append(Tiles(chain[-1].inner if chain else spec, self.tile))
-        return chain
+        return list(_chain(self, spec))
 
     def inner(self, spec: ConvSpec) -> ConvSpec:
         chain = self.reductions(spec)
@@ -78,6 +72,18 @@ class Route:
         ):
             raise ValueError(f"route: bad tile {tile!r}")
         return cls(base, prep, tuple(tile) if tile else None)
+
+
+@lru_cache(maxsize=2048)
+def _chain(route: Route, spec: ConvSpec) -> tuple[Reduction, ...]:
+    chain: list[Reduction] = []
+    if route.prep == "polyphase":
+        chain.append(Polyphase(spec))
+    elif route.prep == "dilation":
+        chain.append(DilationPhases(spec))
+    if route.tile is not None:
+        chain.append(Tiles(chain[-1].inner if chain else spec, route.tile))
+    return tuple(chain)
 
 
 def applicable_preps(spec: ConvSpec) -> list[str]:
