@@ -89,6 +89,10 @@ def layers(quick: bool) -> list[dict[str, Any]]:
     for k in (1, 3, 9):  # channel extremes
         add(32, 1, 8, 64, k)
         add(1, 256, 256, 16, k)
+    for k in (7, 31, 51):  # 1D stride 2
+        add(8, 16, 16, (2048,), k, stride=2, nd=1)
+    add(2, 8, 8, 24, 3, dilation=2, nd=3)  # 3D dilation 2
+    add(4, 32, 32, 64, 51, groups=4)  # grouped, the largest kernel
     for k in (3, 15, 31):  # batch 1 and 32
         add(1, 16, 16, 64, k)
         add(32, 16, 16, 32, k)
