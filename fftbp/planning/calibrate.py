@@ -100,19 +100,6 @@ def _measure_constants(reps: int) -> Constants:
     copied = maps * math.prod(shape) * 4 + maps * nfreq * 8
     copy_bytes = copied / max(prof["copies"] / threads, 1e-9)
 
-    # per-map costs: many small maps (tiles of a single-channel layer)
-    tiny = ConvSpec.from_shapes((32, 1, 64, 64), (8, 1, 3, 3), padding=1)
-    x, w = _layer(tiny, rng)
-    route = Route("fft", tile=(16, 16))
-    inner = route.inner(tiny)
-    prof = _profiled(lambda: run_forward(route, tiny, x, w, None), reps)
-    tshape = transform_shape(inner)
-    tmaps = inner.batch * inner.in_channels + inner.out_channels + inner.batch * inner.out_channels
-    fft_map_s = max(0.0, prof["transforms"] / threads / tmaps - fft_cost(tshape) * fft_s)
-    copy_map_s = prof["copies"] / threads / tmaps
-    # the big layer's per-unit rate without its per-map part
-    fft_s = max(fft_s - fft_map_s / fft_cost(shape), fft_s / 4)
-
     # elementwise products: a depthwise layer
     dw = ConvSpec.from_shapes((8, 64, 48, 48), (64, 1, 15, 15), padding=7, groups=64)
     x, w = _layer(dw, rng)
@@ -151,7 +138,5 @@ def _measure_constants(reps: int) -> Constants:
         direct_flops=direct_flops,
         direct_bytes=direct_bytes,
         call_s=call_s,
-        fft_map_s=fft_map_s,
-        copy_map_s=copy_map_s,
     )
     return k

@@ -29,7 +29,7 @@ class Constants:
     #: seconds per unit of :func:`fftbp.fft.sizes.fft_cost` per map, frequency-major transforms
     #: of dense layers (strided writes: 1.8x a natural-layout transform on one core, and they
     #: scale poorly over two workers)
-    fft_s_per_unit: float = 0.19e-9
+    fft_s_per_unit: float = 0.27e-9
     #: the same for the natural-layout transforms of depthwise layers
     fft_natural_s_per_unit: float = 0.09e-9
     #: complex matrix products per frequency (BLAS cgemm), flop/s
@@ -44,10 +44,6 @@ class Constants:
     direct_bytes: float = 2.8e9
     #: fixed cost per pass (Python, thread hand-off), seconds
     call_s: float = 0.056e-3
-    #: per-map costs of frequency-major transforms and of their fill / read-out copies, beyond
-    #: the size terms: they dominate for small maps (tiles of 18x18: 2.2 us and 0.8 us per map)
-    fft_map_s: float = 2.2e-6
-    copy_map_s: float = 0.8e-6
 
     def to_json(self) -> dict[str, float]:
         return asdict(self)
@@ -84,8 +80,6 @@ def fft_cost_of(
     fwd, inv = _maps(spec, pass_, have)
     unit = k.fft_natural_s_per_unit if spec.is_depthwise else k.fft_s_per_unit
     t_fft = (fwd + inv) * fft_cost(shape) * unit * (1.8 if f64 else 1.0)
-    if not spec.is_depthwise:
-        t_fft += (fwd + inv) * (k.fft_map_s + k.copy_map_s)
     n, c, f, cg = spec.batch, spec.in_channels, spec.out_channels, spec.in_channels // spec.groups
     if spec.is_depthwise:
         t_prod = nfreq * n * f * k.elementwise_s * (2 if pass_ == "weight_grad" else 1)
@@ -131,9 +125,7 @@ def direct_cost_of(spec: ConvSpec, pass_: str, k: Constants) -> PassCost:
             t = moved / k.copy_bytes
         else:
             flops = 2.0 * n * outs * (ins // spec.groups) * positions * nk
-            # small channel blocks make small GEMMs: the rate falls (8x8 blocks: 1/8)
-            small = min(1.0, (outs // spec.groups) * (ins // spec.groups) / 1024) ** 0.75
-            t = flops / (k.direct_flops * small) * (2.0 if f64 else 1.0)
+            t = flops / k.direct_flops * (2.0 if f64 else 1.0)
             t += nk * n * outs * positions * item / k.copy_bytes  # the accumulating add
         inputs = n * ins * math.prod(padded) * item
         t += inputs / k.copy_bytes + k.call_s
