@@ -1,7 +1,8 @@
 """The ``fftbp`` command (also ``python -m fftbp``).
 
-Subcommands so far: ``plan`` (print the planner's table for a layer) and ``calibrate`` (measure
-the cost model's constants on this machine). Bad arguments print one line and exit with 2.
+Subcommands so far: ``crossover`` (the kernel-size sweep: where FFT starts to win, per pass),
+``plan`` (print the planner's table for a layer) and ``calibrate`` (measure the cost model's
+constants on this machine). Bad arguments print one line and exit with 2.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from collections.abc import Sequence
 from typing import NoReturn
 
@@ -58,6 +60,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", choices=("estimate", "measure"), default="estimate")
     p.add_argument("--memory-limit", type=int, default=None, help="bytes")
 
+    x = sub.add_parser(
+        "crossover",
+        help="kernel-size sweep: from which k on FFT wins, per pass (table, CSV, JSON, PNG)",
+    )
+    x.add_argument("--kernels", type=_ints, default=(3, 5, 7, 11, 15, 21, 31), help="odd sizes")
+    x.add_argument("--size", type=int, default=64, help="spatial size of the input maps")
+    x.add_argument("--batch", type=int, default=4)
+    x.add_argument("--channels", type=int, default=16, help="C = F")
+    x.add_argument("--groups", type=int, default=1)
+    x.add_argument("--dim", type=int, choices=(1, 2, 3), default=2)
+    x.add_argument("--dtype", choices=("float32", "float64"), default="float32")
+    x.add_argument("--no-torch", action="store_true", help="leave PyTorch out")
+    x.add_argument("--no-scipy", action="store_true", help="leave scipy.signal out")
+    x.add_argument("--no-plot", action="store_true", help="no PNG (no matplotlib needed)")
+    x.add_argument("--out", default="fftbp-results", help="directory for CSV, JSON and PNG")
+
     c = sub.add_parser("calibrate", help="measure the cost model's constants on this machine")
     c.add_argument("--no-save", action="store_true", help="print only, do not store")
     return ap
@@ -86,6 +104,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         print(p)
         return 0
+    if args.command == "crossover":
+        return _crossover(ap, args)
     from fftbp.planning import store
     from fftbp.planning.calibrate import calibrate
 
@@ -93,6 +113,48 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(json.dumps(k.to_json(), indent=1))
     if not args.no_save:
         print(f"stored in {store.constants_path()}")
+    return 0
+
+
+def _crossover(ap: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from fftbp.study import crossover
+    from fftbp.study.machine import describe
+
+    def bad(msg: str) -> int:
+        print(f"fftbp crossover: error: {msg}", file=sys.stderr)
+        return 2
+
+    if any(k < 1 or k % 2 == 0 for k in args.kernels):
+        return bad(f"--kernels: expected odd sizes >= 1 ('same' padding), got {args.kernels}")
+    if args.size < 1 or args.batch < 1 or args.channels < 1:
+        return bad("--size, --batch and --channels: expected positive ints")
+    if args.groups < 1 or args.channels % args.groups:
+        return bad(f"--groups: must divide --channels={args.channels}, got {args.groups}")
+    if max(args.kernels) > args.size:
+        return bad(f"--kernels: the largest ({max(args.kernels)}) exceeds --size={args.size}")
+    if not args.no_plot:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            return bad("the PNG needs matplotlib: pip install 'fftbp[bench]', or use --no-plot")
+    sw = crossover.Sweep(
+        kernels=tuple(sorted(set(args.kernels))),
+        size=args.size,
+        batch=args.batch,
+        channels=args.channels,
+        groups=args.groups,
+        dim=args.dim,
+        dtype=args.dtype,
+        torch=not args.no_torch,
+        scipy=not args.no_scipy,
+    )
+    t0 = time.perf_counter()
+    crossover.run(sw)
+    print(crossover.format_table(sw))
+    paths = crossover.write(sw, Path(args.out), describe(), plot=not args.no_plot)
+    print(f"wrote {', '.join(map(str, paths))} in {time.perf_counter() - t0:.0f} s")
     return 0
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -27,8 +28,23 @@ def test_plan_prints_the_table(capsys):
         (["plan", "--input", "1,1,8,8", "--weight", "1,1,3,3", "--stride", "0"], "stride:"),
         (["nope"], "invalid choice"),
         ([], "required"),
+        (["crossover", "--kernels", "3,4"], "--kernels: expected odd sizes"),
+        (["crossover", "--channels", "6", "--groups", "4"], "--groups: must divide"),
+        (["crossover", "--kernels", "71", "--size", "64"], "exceeds --size=64"),
+        (["crossover", "--dim", "4"], "invalid choice"),
     ],
-    ids=["bad-ndim", "not-int", "bad-mode", "bad-stride", "bad-command", "no-command"],
+    ids=[
+        "bad-ndim",
+        "not-int",
+        "bad-mode",
+        "bad-stride",
+        "bad-command",
+        "no-command",
+        "even-kernel",
+        "groups",
+        "kernel-too-large",
+        "dim",
+    ],
 )
 def test_bad_arguments_give_one_line_and_exit_2(argv, message):
     proc = subprocess.run(
@@ -38,3 +54,24 @@ def test_bad_arguments_give_one_line_and_exit_2(argv, message):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1, proc.stderr
     assert message in lines[0] and "Traceback" not in proc.stderr
+
+
+def test_crossover_writes_table_csv_json_and_png(tmp_path, capsys):
+    out = tmp_path / "res"
+    argv = ["crossover", "--kernels", "3,7", "--size", "16", "--batch", "1", "--channels", "2"]
+    assert main([*argv, "--no-torch", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "crossover (FFT faster from k on)" in text and "weight_grad (ms)" in text
+    rows = (out / "crossover.csv").read_text().splitlines()
+    assert rows[0] == "kernel,method,pass,ms,auto_route"
+    # 2 kernels x (direct, fft, auto, fft_tiled where it applies) x 3 passes + scipy forward
+    methods = {line.split(",")[1] for line in rows[1:]}
+    assert {"direct", "fft", "auto", "scipy_fftconvolve"} <= methods
+    doc = json.loads((out / "crossover.json").read_text())
+    assert doc["machine"]["cores"] >= 1 and set(doc["crossover"]) == {
+        "forward",
+        "input_grad",
+        "weight_grad",
+    }
+    png = (out / "crossover.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000

@@ -1,0 +1,1 @@
+"""Studies behind the ``fftbp`` command: crossover sweeps (and, later, accuracy)."""
