@@ -76,6 +76,16 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--no-plot", action="store_true", help="no PNG (no matplotlib needed)")
     x.add_argument("--out", default="fftbp-results", help="directory for CSV, JSON and PNG")
 
+    a = sub.add_parser(
+        "accuracy", help="errors of fft / fft_tiled / direct against exact arithmetic (+ PNG)"
+    )
+    a.add_argument("--kernels", type=_ints, default=(3, 7, 15, 31), help="odd sizes")
+    a.add_argument("--sizes", type=_ints, default=(32, 64), help="map sizes")
+    a.add_argument("--distributions", default=",".join(_DISTRIBUTIONS))
+    a.add_argument("--dtypes", default="float32,float64")
+    a.add_argument("--no-plot", action="store_true", help="no PNG (no matplotlib needed)")
+    a.add_argument("--out", default="fftbp-results", help="directory for CSV, JSON and PNG")
+
     c = sub.add_parser("calibrate", help="measure the cost model's constants on this machine")
     c.add_argument("--no-save", action="store_true", help="print only, do not store")
     return ap
@@ -106,6 +116,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.command == "crossover":
         return _crossover(ap, args)
+    if args.command == "accuracy":
+        return _accuracy(args)
     from fftbp.planning import store
     from fftbp.planning.calibrate import calibrate
 
@@ -113,6 +125,50 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(json.dumps(k.to_json(), indent=1))
     if not args.no_save:
         print(f"stored in {store.constants_path()}")
+    return 0
+
+
+_DISTRIBUTIONS = ("uniform", "normal", "heavy_tailed", "dynamic_range")
+
+
+def _accuracy(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from fftbp.study import accuracy
+    from fftbp.study.machine import describe
+
+    def bad(msg: str) -> int:
+        print(f"fftbp accuracy: error: {msg}", file=sys.stderr)
+        return 2
+
+    dists = tuple(d for d in args.distributions.split(",") if d)
+    dtypes = tuple(d for d in args.dtypes.split(",") if d)
+    if not dists or any(d not in _DISTRIBUTIONS for d in dists):
+        return bad(
+            f"--distributions: expected some of {','.join(_DISTRIBUTIONS)}, "
+            f"got {args.distributions!r}"
+        )
+    if not dtypes or any(d not in ("float32", "float64") for d in dtypes):
+        return bad(f"--dtypes: expected float32 and/or float64, got {args.dtypes!r}")
+    if any(k < 1 or k % 2 == 0 for k in args.kernels):
+        return bad(f"--kernels: expected odd sizes >= 1 ('same' padding), got {args.kernels}")
+    if any(n < 1 for n in args.sizes) or not any(k <= n for k in args.kernels for n in args.sizes):
+        return bad(f"--sizes: expected positive sizes, some >= a kernel, got {args.sizes}")
+    if not args.no_plot:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            return bad("the PNG needs matplotlib: pip install 'fftbp[bench]', or use --no-plot")
+    st = accuracy.Study(
+        kernels=tuple(sorted(set(args.kernels))),
+        sizes=tuple(sorted(set(args.sizes))),
+        distributions=dists,
+        dtypes=dtypes,
+    )
+    accuracy.run(st)
+    print(accuracy.format_table(st))
+    paths = accuracy.write(st, Path(args.out), describe(), plot=not args.no_plot)
+    print(f"wrote {', '.join(map(str, paths))}")
     return 0
 
 

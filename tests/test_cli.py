@@ -32,6 +32,8 @@ def test_plan_prints_the_table(capsys):
         (["crossover", "--channels", "6", "--groups", "4"], "--groups: must divide"),
         (["crossover", "--kernels", "71", "--size", "64"], "exceeds --size=64"),
         (["crossover", "--dim", "4"], "invalid choice"),
+        (["accuracy", "--distributions", "lognormal"], "--distributions: expected some of"),
+        (["accuracy", "--dtypes", "float16"], "--dtypes: expected float32"),
     ],
     ids=[
         "bad-ndim",
@@ -44,6 +46,8 @@ def test_plan_prints_the_table(capsys):
         "groups",
         "kernel-too-large",
         "dim",
+        "accuracy-distribution",
+        "accuracy-dtype",
     ],
 )
 def test_bad_arguments_give_one_line_and_exit_2(argv, message):
@@ -75,3 +79,23 @@ def test_crossover_writes_table_csv_json_and_png(tmp_path, capsys):
     }
     png = (out / "crossover.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+
+
+def test_accuracy_rows_within_bound_and_dynamic_range_shows_the_fft_weakness(tmp_path, capsys):
+    out = tmp_path / "acc"
+    argv = ["accuracy", "--kernels", "15", "--sizes", "32", "--distributions"]
+    assert main([*argv, "normal,dynamic_range", "--dtypes", "float32", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "FFT rows within the model's bound: 6 of 6" in text
+    doc = json.loads((out / "accuracy.json").read_text())
+    worst = {
+        (r["method"], r["distribution"]): max(
+            q["worst_rel"]
+            for q in doc["rows"]
+            if q["method"] == r["method"] and q["distribution"] == r["distribution"]
+        )
+        for r in doc["rows"]
+    }
+    # small outputs next to large ones: float32 FFT loses them, direct convolution keeps them
+    assert worst[("fft", "dynamic_range")] > 1.0 > 0.1 > worst[("direct", "dynamic_range")]
+    assert (out / "accuracy.png").read_bytes()[:4] == b"\x89PNG"

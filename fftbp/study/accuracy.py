@@ -1,0 +1,241 @@
+"""``fftbp accuracy``: what FFT convolution costs in accuracy, against exact arithmetic.
+
+For each kernel size, map size, input distribution and dtype, every method computes the three
+passes from the same operands (rounded to the dtype), and each result is compared with the
+float64 reference of :mod:`fftbp.testing` applied to those same rounded operands: relative L2
+error, and the worst error of an output relative to its own magnitude (what matters when the
+outputs span many orders of magnitude).
+
+Error model of the FFT path (relative L2): a length-n FFT and its inverse each add errors of
+order ``eps * log2(n)``, and the channel sum adds ``log2(terms)``; with ``n`` the transform's
+points and ``terms`` the summed channels (C/g forward, F/g input gradient, N weight gradient)::
+
+    bound = C_MODEL * eps * (log2(n) + log2(terms))
+
+``C_MODEL`` is set once (documented in docs/accuracy.md) and checked against every row of the
+study. The large-dynamic-range inputs show the other side: the L2 error stays within the bound,
+but outputs far below the largest ones lose all their relative accuracy in float32 FFT (the
+error of every output is of order eps times the largest ones), where direct convolution keeps
+them (each output's error is of order eps times its own inputs).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import fftbp
+from fftbp._params import ConvSpec
+from fftbp.fft.sizes import transform_shape
+from fftbp.testing import reference_conv, reference_input_grad, reference_weight_grad
+
+__all__ = ["C_MODEL", "DISTRIBUTIONS", "Study", "bound", "run", "write"]
+
+PASSES = ("forward", "input_grad", "weight_grad")
+#: constant of the error model (see the module docstring)
+C_MODEL = 1.0
+DISTRIBUTIONS = ("uniform", "normal", "heavy_tailed", "dynamic_range")
+
+
+def sample(
+    dist: str, shape: tuple[int, ...], rng: np.random.Generator, ramp: bool = True
+) -> np.ndarray:
+    """float64 samples: uniform [0, 1), standard normal, Student t with 2 degrees of freedom
+    (heavy tails), or large dynamic range: normal values scaled by ``10**t`` with ``t`` running
+    from -6 to 6 across the last axis (``ramp``; else drawn per element), so that one side of
+    every map holds values near 1e-6 and the other near 1e6."""
+    if dist == "uniform":
+        return rng.random(shape)
+    if dist == "normal":
+        return rng.standard_normal(shape)
+    if dist == "heavy_tailed":
+        return rng.standard_t(2, shape)
+    if dist == "dynamic_range":
+        t = np.linspace(-6, 6, shape[-1]) if ramp else rng.uniform(-6, 6, shape)
+        return rng.standard_normal(shape) * 10.0**t
+    raise ValueError(f"distribution: expected one of {DISTRIBUTIONS}, got {dist!r}")
+
+
+def bound(spec: ConvSpec, pass_: str) -> float:
+    """The error model's relative L2 bound for the whole-map FFT path on ``spec``."""
+    eps = float(np.finfo(spec.dtype).eps)
+    n = math.prod(transform_shape(spec))
+    terms = {
+        "forward": spec.in_channels // spec.groups,
+        "input_grad": spec.out_channels // spec.groups,
+        "weight_grad": spec.batch,
+    }[pass_]
+    return C_MODEL * eps * (math.log2(n) + math.log2(max(terms, 1)))
+
+
+@dataclass
+class Study:
+    kernels: tuple[int, ...] = (3, 7, 15, 31)
+    sizes: tuple[int, ...] = (32, 64)
+    distributions: tuple[str, ...] = DISTRIBUTIONS
+    dtypes: tuple[str, ...] = ("float32", "float64")
+    batch: int = 2
+    channels: int = 4
+    rows: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _errors(actual: np.ndarray, exact: np.ndarray) -> tuple[float, float]:
+    a, e = actual.astype(np.float64), exact
+    rel_l2 = float(np.linalg.norm(a - e) / max(np.linalg.norm(e), 1e-300))
+    # worst error of an output relative to its own magnitude, over outputs not near zero
+    # (|exact| above 1e-12 of the largest output: smaller ones are zero up to rounding)
+    mask = np.abs(e) > 1e-12 * np.abs(e).max()
+    worst = float(np.max(np.abs(a - e)[mask] / np.abs(e)[mask])) if mask.any() else 0.0
+    return rel_l2, worst
+
+
+def run(st: Study) -> Study:
+    rng = np.random.default_rng(0)
+    for size in st.sizes:
+        for k in st.kernels:
+            if k > size:
+                continue
+            for dist in st.distributions:
+                shape = (st.batch, st.channels, size, size)
+                wshape = (st.channels, st.channels, k, k)
+                x64 = sample(dist, shape, rng)
+                w64 = sample(dist if dist != "dynamic_range" else "normal", wshape, rng)
+                spec64 = ConvSpec.from_shapes(shape, wshape, padding="same", dtype=np.float64)
+                g64 = sample(dist, spec64.output_shape, rng)
+                for dt in st.dtypes:
+                    x, w, g = (a.astype(dt) for a in (x64, w64, g64))
+                    # the exact results of the operands as rounded to dt
+                    xe, we, ge = (a.astype(np.float64) for a in (x, w, g))
+                    exact = {
+                        "forward": reference_conv(xe, we, padding="same"),
+                        "input_grad": reference_input_grad(xe.shape, we, ge, padding="same"),
+                        "weight_grad": reference_weight_grad(xe, we.shape, ge, padding="same"),
+                    }
+                    spec = ConvSpec.from_shapes(shape, wshape, padding="same", dtype=dt)
+                    methods = ["fft", "direct"]
+                    if any(
+                        r.algorithm == "fft_tiled" for r in fftbp.planning.candidate_routes(spec)
+                    ):
+                        methods.insert(1, "fft_tiled")
+                    for m in methods:
+                        got = {
+                            "forward": fftbp.conv(x, w, padding="same", method=m),
+                            "input_grad": fftbp.conv_input_grad(
+                                x.shape, w, g, padding="same", method=m
+                            ),
+                            "weight_grad": fftbp.conv_weight_grad(
+                                x, w.shape, g, padding="same", method=m
+                            ),
+                        }
+                        for pass_ in PASSES:
+                            rel, worst = _errors(got[pass_], exact[pass_])
+                            st.rows.append(
+                                dict(
+                                    size=size,
+                                    kernel=k,
+                                    distribution=dist,
+                                    dtype=dt,
+                                    method=m,
+                                    pass_=pass_,
+                                    transform=math.prod(transform_shape(spec)),
+                                    rel_l2=rel,
+                                    worst_rel=worst,
+                                    bound=bound(spec, pass_),
+                                )
+                            )
+    return st
+
+
+def format_table(st: Study) -> str:
+    lines = [
+        f"{'size':>4} {'k':>3} {'distribution':<14} {'dtype':<8} {'method':<10} {'pass':<12}"
+        f" {'rel L2':>9} {'bound':>9} {'worst rel':>10}"
+    ]
+    for r in st.rows:
+        flag = " !" if r["method"] == "fft" and r["rel_l2"] > r["bound"] else ""
+        lines.append(
+            f"{r['size']:4d} {r['kernel']:3d} {r['distribution']:<14} {r['dtype']:<8} "
+            f"{r['method']:<10} {r['pass_']:<12} {r['rel_l2']:9.2e} {r['bound']:9.2e} "
+            f"{r['worst_rel']:10.2e}{flag}"
+        )
+    fft = [r for r in st.rows if r["method"] == "fft"]
+    over = [r for r in fft if r["rel_l2"] > r["bound"]]
+    lines.append("")
+    lines.append(
+        f"FFT rows within the model's bound: {len(fft) - len(over)} of {len(fft)}"
+        + ("" if not over else "  (rows over it are marked '!')")
+    )
+    return "\n".join(lines)
+
+
+def write(st: Study, out: Path, machine: dict[str, Any], plot: bool = True) -> list[Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    p = out / "accuracy.csv"
+    keys = [k for k in st.rows[0] if k != "pass_"] + ["pass"]
+    with p.open("w", newline="") as fh:
+        wr = csv.DictWriter(fh, fieldnames=keys)
+        wr.writeheader()
+        for r in st.rows:
+            wr.writerow({**{k: v for k, v in r.items() if k != "pass_"}, "pass": r["pass_"]})
+    paths.append(p)
+    p = out / "accuracy.json"
+    params = {k: v for k, v in st.__dict__.items() if k != "rows"}
+    p.write_text(
+        json.dumps(
+            {"machine": machine, "study": params, "c_model": C_MODEL, "rows": st.rows}, indent=1
+        )
+    )
+    paths.append(p)
+    if plot:
+        paths.append(_plot(st, out / "accuracy.png"))
+    return paths
+
+
+def _plot(st: Study, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(st.dtypes), figsize=(7 * len(st.dtypes), 5))
+    axes = np.atleast_1d(axes)
+    markers = {"fft": "o", "fft_tiled": "s", "direct": "^"}
+    for ax, dt in zip(axes, st.dtypes):
+        rows = [r for r in st.rows if r["dtype"] == dt]
+        for m in ("fft", "fft_tiled", "direct"):
+            sel = [r for r in rows if r["method"] == m]
+            if sel:
+                ax.scatter(
+                    [r["transform"] for r in sel],
+                    [max(r["rel_l2"], 1e-18) for r in sel],
+                    marker=markers[m],
+                    label=m,
+                    alpha=0.6,
+                )
+        n = np.geomspace(min(r["transform"] for r in rows), max(r["transform"] for r in rows))
+        eps = float(np.finfo(np.dtype(dt)).eps)
+        terms = max(st.channels, st.batch)
+        ax.plot(
+            n,
+            C_MODEL * eps * (np.log2(n) + math.log2(terms)),
+            "k--",
+            label=f"bound {C_MODEL:g}·eps·(log2 n + log2 {terms})",
+        )
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("transform size n (points)")
+        ax.set_ylabel("relative L2 error vs exact")
+        ax.set_title(f"{dt}: all passes, distributions and kernels")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
