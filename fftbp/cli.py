@@ -86,6 +86,13 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--no-plot", action="store_true", help="no PNG (no matplotlib needed)")
     a.add_argument("--out", default="fftbp-results", help="directory for CSV, JSON and PNG")
 
+    la = sub.add_parser("layers", help="named real-world layers: fftbp against PyTorch")
+    la.add_argument("--only", default="", help="comma-separated layer names (default: all)")
+    la.add_argument("--rounds", type=int, default=3)
+    la.add_argument("--max-call", type=float, default=20.0, help="seconds; see --help text")
+    la.add_argument("--no-torch", action="store_true")
+    la.add_argument("--out", default="fftbp-results", help="directory for CSV and JSON")
+
     c = sub.add_parser("calibrate", help="measure the cost model's constants on this machine")
     c.add_argument("--no-save", action="store_true", help="print only, do not store")
     return ap
@@ -118,6 +125,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _crossover(ap, args)
     if args.command == "accuracy":
         return _accuracy(args)
+    if args.command == "layers":
+        return _layers(args)
     from fftbp.planning import store
     from fftbp.planning.calibrate import calibrate
 
@@ -125,6 +134,37 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(json.dumps(k.to_json(), indent=1))
     if not args.no_save:
         print(f"stored in {store.constants_path()}")
+    return 0
+
+
+def _layers(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from fftbp.study import layers
+    from fftbp.study.machine import describe
+
+    names = [n for n in args.only.split(",") if n] or list(layers.LAYERS)
+    unknown = [n for n in names if n not in layers.LAYERS]
+    if unknown:
+        print(
+            f"fftbp layers: error: --only: unknown layer(s) {','.join(unknown)}; "
+            f"choose from {','.join(layers.LAYERS)}",
+            file=sys.stderr,
+        )
+        return 2
+    if args.rounds < 1 or args.max_call <= 0:
+        print("fftbp layers: error: --rounds and --max-call: expected positive", file=sys.stderr)
+        return 2
+    torch = not args.no_torch
+    if torch:
+        try:
+            import torch as _torch  # noqa: F401
+        except ImportError:
+            torch = False
+    rows = layers.run(names, args.rounds, args.max_call, torch)
+    print(layers.format_table(rows))
+    paths = layers.write(rows, Path(args.out), describe())
+    print(f"wrote {', '.join(map(str, paths))}")
     return 0
 
 

@@ -34,6 +34,7 @@ def test_plan_prints_the_table(capsys):
         (["crossover", "--dim", "4"], "invalid choice"),
         (["accuracy", "--distributions", "lognormal"], "--distributions: expected some of"),
         (["accuracy", "--dtypes", "float16"], "--dtypes: expected float32"),
+        (["layers", "--only", "vgg"], "--only: unknown layer(s) vgg"),
     ],
     ids=[
         "bad-ndim",
@@ -48,6 +49,7 @@ def test_plan_prints_the_table(capsys):
         "dim",
         "accuracy-distribution",
         "accuracy-dtype",
+        "layers-unknown",
     ],
 )
 def test_bad_arguments_give_one_line_and_exit_2(argv, message):
@@ -99,3 +101,27 @@ def test_accuracy_rows_within_bound_and_dynamic_range_shows_the_fft_weakness(tmp
     # small outputs next to large ones: float32 FFT loses them, direct convolution keeps them
     assert worst[("fft", "dynamic_range")] > 1.0 > 0.1 > worst[("direct", "dynamic_range")]
     assert (out / "accuracy.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_layers_runs_a_named_layer_and_writes_results(tmp_path, capsys):
+    out = tmp_path / "lay"
+    assert (
+        main(
+            [
+                "layers",
+                "--only",
+                "convnext_dw_7x7",
+                "--rounds",
+                "1",
+                "--no-torch",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    assert "convnext_dw_7x7" in capsys.readouterr().out
+    doc = json.loads((out / "layers.json").read_text())
+    (row,) = doc["rows"]
+    assert row["layer"] == "convnext_dw_7x7" and row["fftbp_ms"] > 0 and row["torch_ms"] is None
+    assert set(row["routes"]) == {"forward", "input_grad", "weight_grad"}
