@@ -153,6 +153,25 @@ class Plan:
         return f"Plan({describe_spec(self.spec)}; {routes}; mode={self.mode!r})"
 
 
+def _make_plan(
+    spec: ConvSpec,
+    mode: str,
+    choices: dict[str, Choice],
+    limit: int | None,
+    timings: dict[str, dict[str, float]] | None = None,
+) -> Plan:
+    return Plan(
+        spec,
+        mode,
+        choices["forward"],
+        choices["input_grad"],
+        choices["weight_grad"],
+        limit,
+        get_num_threads(),
+        timings or {},
+    )
+
+
 def describe_spec(s: ConvSpec) -> str:
     x = "x".join
     pads = "x".join(f"{lo}" if lo == hi else f"{lo}:{hi}" for lo, hi in s.padding)
@@ -384,15 +403,7 @@ def _estimate(spec: ConvSpec, limit: int | None, reuse: bool) -> Plan:
         (route, sec, nbytes), runner = _pick(costs, limit, spec, pass_)
         chosen[pass_] = route
         choices[pass_] = Choice(route, sec, nbytes, runner)
-    return Plan(
-        spec,
-        "estimate",
-        choices["forward"],
-        choices["input_grad"],
-        choices["weight_grad"],
-        limit,
-        get_num_threads(),
-    )
+    return _make_plan(spec, "estimate", choices, limit)
 
 
 def decision_key(spec: ConvSpec, limit: int | None, reuse: bool) -> str:
@@ -473,16 +484,7 @@ def _measure(spec: ConvSpec, limit: int | None, reuse: bool) -> Plan:
             for p, c in choices.items()
         },
     )
-    return Plan(
-        spec,
-        "measure",
-        choices["forward"],
-        choices["input_grad"],
-        choices["weight_grad"],
-        limit,
-        get_num_threads(),
-        timings,
-    )
+    return _make_plan(spec, "measure", choices, limit, timings)
 
 
 def _route_key(r: Route) -> str:
@@ -498,15 +500,7 @@ def _plan_from_stored(spec: ConvSpec, limit: int | None, stored: dict[str, Any])
         choices[p] = Choice(
             Route.from_json(d["route"]), float(d["seconds"]), int(d["bytes"]), runner, True
         )
-    return Plan(
-        spec,
-        "measure",
-        choices["forward"],
-        choices["input_grad"],
-        choices["weight_grad"],
-        limit,
-        get_num_threads(),
-    )
+    return _make_plan(spec, "measure", choices, limit)
 
 
 METHOD_NAMES = ("auto", "fft", "fft_tiled", "direct")
@@ -538,15 +532,7 @@ def forced_plan(spec: ConvSpec, algorithm: str) -> Plan:
             costs.append((r, c.seconds, c))
         (route, sec, nbytes), runner = _pick(costs, None, spec, pass_)
         choices[pass_] = Choice(route, sec, nbytes, runner)
-    p = Plan(
-        spec,
-        f"forced {algorithm}",
-        choices["forward"],
-        choices["input_grad"],
-        choices["weight_grad"],
-        None,
-        get_num_threads(),
-    )
+    p = _make_plan(spec, f"forced {algorithm}", choices, None)
     with _cache_lock:
         _cache[key] = p
     return p
