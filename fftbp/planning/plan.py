@@ -237,6 +237,8 @@ def candidate_routes(spec: ConvSpec) -> list[Route]:
         r = Route("fft", prep)
         routes.append(r)
         routes += [Route("fft", prep, t) for t in _tiles(r.inner(spec))]
+        if prep == "polyphase":  # strided im2col -> stride-1 shifted GEMMs (ResNet stem: 3x)
+            routes.append(Route("direct", prep))
     return routes
 
 
