@@ -30,6 +30,7 @@ import numpy as np
 import fftbp
 from benchmarks.machine import describe
 from fftbp._config import profiling
+from fftbp.study.layers import fftbp_step, sample, torch_step
 
 SUITES: dict[str, dict[str, Any]] = {
     "dense": dict(n=8, c=32, f=32, size=64, groups=1, ks=[3, 7, 11, 15, 21, 31]),
@@ -40,49 +41,6 @@ QUICK = {
     "dense": dict(n=8, c=32, f=32, size=64, groups=1, ks=[3, 31]),
     "depthwise": dict(n=16, c=128, f=128, size=56, groups=128, ks=[31]),
 }
-
-
-def fftbp_step(method: str, x: np.ndarray, w: np.ndarray, pad: int, groups: int) -> Callable:
-    layer = fftbp.Conv(w, padding=pad, groups=groups, method=method)
-    g = np.ones(layer.forward(x).shape, dtype=x.dtype)
-
-    def step() -> None:
-        w[0, 0, 0, 0] += 1e-3  # a training step changes the weight: its spectrum is recomputed
-        layer.forward(x)
-        layer.backward(g)
-
-    return step
-
-
-def torch_step(fmt: str, x: np.ndarray, w: np.ndarray, pad: int, groups: int) -> Callable:
-    import torch
-
-    tx = torch.from_numpy(x.copy())
-    tw = torch.from_numpy(w.copy())
-    if fmt == "channels_last":
-        tx = tx.contiguous(memory_format=torch.channels_last)
-        tw = tw.contiguous(memory_format=torch.channels_last)
-    tx.requires_grad_(True)
-    tw.requires_grad_(True)
-
-    def step() -> None:
-        tx.grad = tw.grad = None
-        y = torch.nn.functional.conv2d(tx, tw, padding=pad, groups=groups)
-        y.backward(torch.ones_like(y))
-
-    return step
-
-
-def timed(fn: Callable, reps: int = 1) -> float:
-    """Pause, one untimed warm-up call, then the median of ``reps`` timed calls."""
-    time.sleep(0.25)
-    fn()
-    samples = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        samples.append(time.perf_counter() - t0)
-    return statistics.median(samples)
 
 
 def run_layer(
@@ -97,10 +55,10 @@ def run_layer(
     x = rng.standard_normal((p["n"], p["c"], p["size"], p["size"])).astype(np.float32)
     w = rng.standard_normal((p["f"], p["c"] // p["groups"], k, k)).astype(np.float32)
     pad = k // 2
-    methods: dict[str, Callable] = {"fft": fftbp_step("fft", x, w.copy(), pad, p["groups"])}
+    methods: dict[str, Callable] = {"fft": fftbp_step(x, w.copy(), 1, pad, p["groups"], "fft")}
     skipped = []
     if predicted.get("direct", 0) <= args.max_call:
-        methods["direct"] = fftbp_step("direct", x, w.copy(), pad, p["groups"])
+        methods["direct"] = fftbp_step(x, w.copy(), 1, pad, p["groups"], "direct")
     else:
         skipped.append("direct")
     if not args.no_torch:
@@ -109,12 +67,13 @@ def run_layer(
         keep = min(formats, key=lambda m: predicted.get(m, 0))
         for name in formats:
             if name == keep or predicted.get(name, 0) <= args.max_call:
-                methods[name] = torch_step(name.removeprefix("torch_"), x, w, pad, p["groups"])
+                fmt = name.removeprefix("torch_")
+                methods[name] = torch_step(x, w, 1, pad, p["groups"], fmt)
             else:
                 skipped.append(name)
     # one probe call each (also warms plans and caches), then rounds within a time budget; a
     # method whose probe alone exceeds --max-call keeps that one call as its only sample
-    probe = {m: timed(fn) for m, fn in methods.items()}
+    probe = {m: sample(fn) for m, fn in methods.items()}
     times: dict[str, list[float]] = {m: [] for m in methods}
     single = [m for m, t in probe.items() if t > args.max_call and m != "fft"]
     for m in single:
@@ -125,7 +84,7 @@ def run_layer(
     for r in range(rounds):
         order = names[r % len(names) :] + names[: r % len(names)]
         for m in order:  # fast methods: the median of three calls per round
-            times[m].append(timed(methods[m], 3 if probe[m] < 1.0 else 1))
+            times[m].append(sample(methods[m], 3 if probe[m] < 1.0 else 1))
     # time shares of the FFT method: the median share over five profiled calls
     fft_fn = methods["fft"]
     fft_fn()

@@ -14,18 +14,20 @@ import contextvars
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any
 
 __all__ = [
+    "best_of_rounds",
     "blas_single_threaded",
     "get_fftw_effort",
     "get_num_threads",
     "get_workspace_limit",
     "parallel_for",
     "parallel_map",
+    "parallel_tasks",
     "set_fftw_effort",
     "set_num_threads",
     "set_workspace_limit",
@@ -214,6 +216,30 @@ def parallel_for(fn: Callable[[int, int, int], None], n: int, chunk: int) -> Non
 
     workers = min(get_num_threads(), len(pieces))
     parallel_map(worker, [(0, 0)] * workers)
+
+
+def parallel_tasks(tasks: Sequence[tuple[Any, ...]], body: Callable[..., None]) -> None:
+    """``body(slot, *task)`` for every task, handed out dynamically to the worker threads."""
+
+    def work(slot: int, a: int, b: int) -> None:
+        for t in range(a, b):
+            body(slot, *tasks[t])
+
+    parallel_for(work, len(tasks), 1)
+
+
+def best_of_rounds(calls: Sequence[Callable[[], object]], rounds: int = 3) -> list[float]:
+    """Best wall time of each call over ``rounds`` rounds, after one warm-up call each. The
+    calls alternate within a round, so a slow phase of a shared machine hits them all alike."""
+    for c in calls:
+        c()
+    best = [float("inf")] * len(calls)
+    for _ in range(rounds):
+        for i, c in enumerate(calls):
+            t0 = time.perf_counter()
+            c()
+            best[i] = min(best[i], time.perf_counter() - t0)
+    return best
 
 
 # -- BLAS threads -------------------------------------------------------------------------------

@@ -31,13 +31,14 @@ Method = str | Plan
 _FFT = Route("fft")
 
 
-def _bias(bias: Any, spec: ConvSpec) -> np.ndarray | None:
+def _bias(bias: Any, out_channels: int) -> np.ndarray | None:
+    """The validated bias array (one value per output channel), or None."""
     if bias is None:
         return None
     b = normalize_float_array("bias", bias)
-    if b.shape != (spec.out_channels,):
+    if b.shape != (out_channels,):
         raise ValueError(
-            f"bias: expected shape ({spec.out_channels},) (one value per output channel), "
+            f"bias: expected shape ({out_channels},) (one value per output channel), "
             f"got {b.shape!r}"
         )
     return b
@@ -75,7 +76,7 @@ def conv(
     x = normalize_float_array("input", input)
     w = normalize_float_array("weight", weight)
     spec = ConvSpec.from_shapes(x.shape, w.shape, stride, padding, dilation, groups, x.dtype)
-    b = _bias(bias, spec)
+    b = _bias(bias, spec.out_channels)
     check_same_dtype(input=x, weight=w, bias=b)
     return resolve(method, spec).run("forward", spec, x, w, b)
 
@@ -193,9 +194,7 @@ class Conv:
                 f"weight: expected 3, 4 or 5 dimensions (F, C // groups, *kernel), "
                 f"got shape {w.shape!r}"
             )
-        b = None if bias is None else normalize_float_array("bias", bias)
-        if b is not None and b.shape != (w.shape[0],):
-            raise ValueError(f"bias: expected shape ({w.shape[0]},), got {b.shape!r}")
+        b = _bias(bias, w.shape[0])
         check_same_dtype(weight=w, bias=b)
         self._weight, self.bias = w, b
         self._wf: np.ndarray | None = None

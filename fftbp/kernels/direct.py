@@ -28,12 +28,12 @@ output positions); BLAS runs single-threaded inside each worker.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from fftbp._config import get_num_threads, get_workspace_limit, parallel_for, split_range
+from fftbp._config import get_num_threads, get_workspace_limit, parallel_tasks, split_range
 from fftbp._params import ConvSpec
 
 __all__ = ["forward", "input_grad", "pad_or_crop", "weight_grad"]
@@ -237,16 +237,6 @@ class _Flat:
         ]
 
 
-def _run(tasks: list, body: Callable[..., None]) -> None:
-    """``body(slot, *task)`` for every task, handed out dynamically to the worker threads."""
-
-    def work(slot: int, a: int, b: int) -> None:
-        for t in range(a, b):
-            body(slot, *tasks[t])
-
-    parallel_for(work, len(tasks), 1)
-
-
 def _shifted_forward(spec: ConvSpec, x: np.ndarray, w: np.ndarray) -> np.ndarray:
     geo = _Flat(spec)
     g, cg, fg = spec.groups, spec.in_channels // spec.groups, spec.out_channels // spec.groups
@@ -269,7 +259,7 @@ def _shifted_forward(spec: ConvSpec, x: np.ndarray, w: np.ndarray) -> np.ndarray
             if i:
                 out += tmp
 
-    _run(geo.tasks(), body)
+    parallel_tasks(geo.tasks(), body)
     y = geo.valid(yf.reshape(spec.batch, spec.out_channels, geo.positions))
     return np.ascontiguousarray(y)
 
@@ -293,7 +283,7 @@ def _shifted_weight_grad(spec: ConvSpec, x: np.ndarray, g: np.ndarray) -> np.nda
             np.matmul(gb, xs.transpose(0, 2, 1), out=tmp)
             dw[i] += tmp
 
-    _run(geo.tasks(), body)
+    parallel_tasks(geo.tasks(), body)
     total = acc[0]
     for a in acc[1:]:
         total += a

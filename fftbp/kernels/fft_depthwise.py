@@ -25,12 +25,11 @@ The 1/n normalisation is folded into the stored Wf (and into the weight gradient
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 
 import numpy as np
 import pyfftw
 
-from fftbp._config import get_num_threads, parallel_for, timed
+from fftbp._config import get_num_threads, parallel_tasks, timed
 from fftbp.fft.plans import aligned, count_maps, execute, owned_plan
 from fftbp.kernels.fft import FFTLayout, Index, _axis_index, place_maps, read_maps
 
@@ -62,16 +61,6 @@ def _chunk(lay: FFTLayout, channels: int, maps_per_channel: int, parts: int = 1)
     return max(d for d in range(1, channels + 1) if channels % d == 0 and d <= target)
 
 
-def _run_tasks(tasks: list, body: Callable[..., None]) -> None:
-    """``body(slot, *task)`` for every task, handed out dynamically to the worker threads."""
-
-    def work(slot: int, a: int, b: int) -> None:
-        for t in range(a, b):
-            body(slot, *tasks[t])
-
-    parallel_for(work, len(tasks), 1)
-
-
 def weight_spectrum(lay: FFTLayout, w: np.ndarray) -> np.ndarray:
     """``(2, F, *half)``: ``[Wf / n, conj(Wf) / n]`` for the dilated kernels (``n = prod(M)``)."""
     spec = lay.spec
@@ -88,7 +77,7 @@ def weight_spectrum(lay: FFTLayout, w: np.ndarray) -> np.ndarray:
             np.multiply(p.fftw.output_array, lay.scale, out=out[0, c0 : c0 + step])
         np.conjugate(out[0, c0 : c0 + step], out=out[1, c0 : c0 + step])
 
-    _run_tasks([(0, c0) for c0 in range(0, f, step)], body)
+    parallel_tasks([(0, c0) for c0 in range(0, f, step)], body)
     count_maps(True, f)
     return out
 
@@ -144,7 +133,7 @@ def forward(
             rows = None if brows is None else brows[c0 : c0 + step].reshape(-1)
             read_maps(dest, ip.fftw.output_array, y_index, None, rows)
 
-    _run_tasks([(n, c0) for n in range(n_) for c0 in range(0, c_, step)], body)
+    parallel_tasks([(n, c0) for n in range(n_) for c0 in range(0, c_, step)], body)
     count_maps(True, n_ * c_)
     count_maps(False, n_ * f_)
     return y, xf
@@ -228,7 +217,7 @@ def backward(
             dest = dwflat[c0 : c0 + step].reshape(step * m, *spec.kernel)
             read_maps(dest, p.fftw.output_array, w_index, lay.scale)
 
-    _run_tasks([(0, c0) for c0 in range(0, c_, step)], body)
+    parallel_tasks([(0, c0) for c0 in range(0, c_, step)], body)
     count_maps(True, n_ * f_ + (n_ * c_ if (need_dw and xf is None) else 0))
     if need_dx:
         count_maps(False, n_ * c_)

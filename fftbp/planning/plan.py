@@ -21,14 +21,18 @@ from __future__ import annotations
 
 import math
 import threading
-import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from fftbp._config import blas_single_threaded, get_num_threads, workspace_limit_override
+from fftbp._config import (
+    best_of_rounds,
+    blas_single_threaded,
+    get_num_threads,
+    workspace_limit_override,
+)
 from fftbp._params import ConvSpec, IntOrTuple, PaddingArg
 from fftbp.fft.sizes import fast_len, transform_shape
 from fftbp.planning import store
@@ -425,18 +429,10 @@ def call_pass(route: Route, spec: ConvSpec, pass_: str, ops: dict[str, np.ndarra
 def time_routes(
     routes: list[Route], spec: ConvSpec, pass_: str, ops: dict[str, np.ndarray], rounds: int = 3
 ) -> list[float]:
-    """Best time of each route over ``rounds`` rounds, after one warm-up call each (which also
-    plans FFTW). The routes alternate within a round, so a slow phase of a shared machine hits
-    them all alike instead of one of them."""
-    for r in routes:
-        call_pass(r, spec, pass_, ops)
-    best = [math.inf] * len(routes)
-    for _ in range(rounds):
-        for i, r in enumerate(routes):
-            t0 = time.perf_counter()
-            call_pass(r, spec, pass_, ops)
-            best[i] = min(best[i], time.perf_counter() - t0)
-    return best
+    """Best time of each route (:func:`fftbp._config.best_of_rounds`; the warm-up call also
+    plans FFTW)."""
+    calls = [lambda r=r: call_pass(r, spec, pass_, ops) for r in routes]
+    return best_of_rounds(calls, rounds)
 
 
 def _measure(spec: ConvSpec, limit: int | None, reuse: bool) -> Plan:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +23,7 @@ from typing import Any
 import numpy as np
 
 import fftbp
+from fftbp._config import best_of_rounds
 from fftbp._params import ConvSpec
 
 __all__ = ["Sweep", "crossovers", "run", "write"]
@@ -97,18 +97,6 @@ def _calls(sw: Sweep, k: int, ops: dict[str, np.ndarray]) -> dict[str, dict[str,
     return out
 
 
-def _time(calls: dict[str, Callable], rounds: int = 3) -> dict[str, float]:
-    for c in calls.values():
-        c()
-    best = {m: math.inf for m in calls}
-    for _ in range(rounds):
-        for m, c in calls.items():
-            t0 = time.perf_counter()
-            c()
-            best[m] = min(best[m], time.perf_counter() - t0)
-    return best
-
-
 def run(sw: Sweep, progress: bool = True) -> Sweep:
     """Time every method and pass for every kernel size; fills ``sw.rows``."""
     bar = None
@@ -134,7 +122,7 @@ def run(sw: Sweep, progress: bool = True) -> Sweep:
         plan = fftbp.plan(shape, wshape, padding="same", groups=sw.groups, dtype=sw.dtype)
         for pass_ in PASSES:
             per = {m: c[pass_] for m, c in calls.items() if pass_ in c}
-            for m, t in _time(per).items():
+            for m, t in zip(per, best_of_rounds(list(per.values()))):
                 sw.rows.append(
                     dict(
                         kernel=k,

@@ -23,7 +23,7 @@ import numpy as np
 
 import fftbp
 
-__all__ = ["LAYERS", "run", "write"]
+__all__ = ["LAYERS", "fftbp_step", "run", "sample", "torch_step", "write"]
 
 #: name -> (input shape, weight shape, stride, padding, groups, where it comes from)
 LAYERS: dict[str, tuple[tuple[int, ...], tuple[int, ...], int, Any, int, str]] = {
@@ -36,24 +36,47 @@ LAYERS: dict[str, tuple[tuple[int, ...], tuple[int, ...], int, Any, int, str]] =
 }
 
 
-def _fftbp_step(x: np.ndarray, w: np.ndarray, stride: int, pad: Any, groups: int) -> Callable:
-    layer = fftbp.Conv(w, stride=stride, padding=pad, groups=groups)
+def fftbp_step(
+    x: np.ndarray,
+    w: np.ndarray,
+    stride: Any = 1,
+    pad: Any = 0,
+    groups: int = 1,
+    method: Any = "auto",
+) -> Callable[[], None]:
+    """One training step (forward + both gradients) of an :class:`fftbp.Conv`. Each step
+    changes ``w`` in place, as a training step does, so the weight spectrum is recomputed."""
+    layer = fftbp.Conv(w, stride=stride, padding=pad, groups=groups, method=method)
     g = np.ones(layer.forward(x).shape, dtype=x.dtype)
 
     def step() -> None:
-        w[(0,) * w.ndim] += 1e-3  # a training step changes the weight
+        w[(0,) * w.ndim] += 1e-3
         layer.forward(x)
         layer.backward(g)
 
     return step
 
 
-def _torch_step(x: np.ndarray, w: np.ndarray, stride: int, pad: Any, groups: int) -> Callable:
+def torch_step(
+    x: np.ndarray,
+    w: np.ndarray,
+    stride: Any = 1,
+    pad: Any = 0,
+    groups: int = 1,
+    memory_format: str = "nchw",
+) -> Callable[[], None]:
+    """The same step with ``torch.nn.functional.conv*d`` and autograd, on copies of x and w
+    (``memory_format="channels_last"`` for 2D layers in torch's channels-last layout)."""
     import torch
 
     conv = getattr(torch.nn.functional, f"conv{w.ndim - 2}d")
-    tx = torch.from_numpy(x.copy()).requires_grad_(True)
-    tw = torch.from_numpy(w.copy()).requires_grad_(True)
+    tx = torch.from_numpy(x.copy())
+    tw = torch.from_numpy(w.copy())
+    if memory_format == "channels_last":
+        tx = tx.contiguous(memory_format=torch.channels_last)
+        tw = tw.contiguous(memory_format=torch.channels_last)
+    tx.requires_grad_(True)
+    tw.requires_grad_(True)
 
     def step() -> None:
         tx.grad = tw.grad = None
@@ -65,12 +88,16 @@ def _torch_step(x: np.ndarray, w: np.ndarray, stride: int, pad: Any, groups: int
     return step
 
 
-def _sample(fn: Callable) -> float:
+def sample(fn: Callable[[], None], reps: int = 1) -> float:
+    """Pause 0.25 s, one untimed warm-up call, then the median of ``reps`` timed calls."""
     time.sleep(0.25)
     fn()
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
+    samples = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        samples.append(time.perf_counter() - t0)
+    return statistics.median(samples)
 
 
 def run(
@@ -82,16 +109,16 @@ def run(
         xs, ws, stride, pad, groups, source = LAYERS[name]
         x = rng.standard_normal(xs).astype(np.float32)
         w = rng.standard_normal(ws).astype(np.float32)
-        methods = {"fftbp": _fftbp_step(x, w.copy(), stride, pad, groups)}
+        methods = {"fftbp": fftbp_step(x, w.copy(), stride, pad, groups)}
         if torch:
-            methods["torch"] = _torch_step(x, w, stride, pad, groups)
-        probe = {m: _sample(fn) for m, fn in methods.items()}
+            methods["torch"] = torch_step(x, w, stride, pad, groups)
+        probe = {m: sample(fn) for m, fn in methods.items()}
         times = {m: [t] if t > max_call else [] for m, t in probe.items()}
         alternating = [m for m in methods if not times[m]]
         for r in range(rounds):
             order = alternating[r % len(alternating) :] + alternating[: r % len(alternating)]
             for m in order:
-                times[m].append(_sample(methods[m]))
+                times[m].append(sample(methods[m]))
         med = {m: statistics.median(v) for m, v in times.items()}
         ratio = None
         if "torch" in med:
