@@ -268,8 +268,3 @@ def check_same_dtype(**arrays: np.ndarray | None) -> np.dtype:
             "fftbp never casts silently"
         )
     return dtypes.pop()
-
-
-def check_method(method: Any, valid: Sequence[str]) -> None:
-    if not isinstance(method, str) or method not in valid:
-        raise ValueError(f"method: expected one of {', '.join(map(repr, valid))}, got {method!r}")

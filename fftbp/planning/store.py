@@ -173,14 +173,6 @@ def load_wisdom(path: str | os.PathLike[str] | None = None, *, _missing_ok: bool
     return True
 
 
-def forget_decisions() -> None:
-    """Drop the in-memory decisions (the files stay); mostly for tests."""
-    global _loaded_default
-    with _lock:
-        _decisions.clear()
-    _loaded_default = False
-
-
 # -- calibrated constants ----------------------------------------------------------------------
 def constants_path() -> Path:
     return cache_dir() / "constants.json"
