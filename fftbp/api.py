@@ -240,7 +240,13 @@ class Conv:
     def forward(self, x: Any) -> np.ndarray:
         """Output of the layer for ``x``; saves what :meth:`backward` needs."""
         x = normalize_float_array("input", x)
-        spec = ConvSpec.from_shapes(
+        y, self._saved = self._forward_step(x, keep=self._ws, copy_x=True)
+        return y
+
+    __call__ = forward
+
+    def _spec_for(self, x: np.ndarray) -> ConvSpec:
+        return ConvSpec.from_shapes(
             x.shape,
             self._weight.shape,
             self.stride,
@@ -249,41 +255,66 @@ class Conv:
             self.groups,
             x.dtype,
         )
+
+    def _forward_step(
+        self,
+        x: np.ndarray,
+        *,
+        keep: dict[str, np.ndarray],
+        copy_x: bool,
+        weight_grad: bool = True,
+        native: bool = False,
+    ) -> tuple[np.ndarray, dict[str, Any]]:
+        """The forward pass and what the backward pass of this call needs (``saved``).
+
+        Spectra kept for the weight gradient are written into buffers of ``keep`` (reused between
+        calls; pass a fresh dict when several forward passes are pending). ``copy_x=False``
+        keeps a reference to ``x`` (the caller guarantees it stays unchanged, as torch's saved
+        tensors do); ``weight_grad=False`` keeps nothing for a weight gradient.
+        """
+        spec = self._spec_for(x)
         check_same_dtype(input=x, weight=self._weight, bias=self.bias)
-        plan = resolve(self.method, spec, reuse=True)
+        plan = resolve(self.method, spec, reuse=True, native=native)
         routes = {p: plan.choice(p).route for p in ("forward", "input_grad", "weight_grad")}
         saved: dict[str, Any] = {"spec": spec, "plan": plan, "routes": routes}
-        # x itself is kept (copied: the caller may change it) unless the weight gradient reuses Xf
-        keep_x = routes["weight_grad"] != _FFT or routes["forward"] != _FFT
+        # x itself is kept unless the weight gradient reuses Xf
+        keep_x = weight_grad and (routes["weight_grad"] != _FFT or routes["forward"] != _FFT)
         self._refresh_snapshot()
         with blas_single_threaded(), workspace_limit_override(plan.memory_limit):
             if routes["forward"] == _FFT:
-                y = self._fft_forward(spec, x, saved)
-                keep_x = keep_x or "xf" not in saved
+                y = self._fft_forward(spec, x, saved, keep if weight_grad else None)
+                keep_x = keep_x or (weight_grad and "xf" not in saved)
             else:
                 y = run_forward(routes["forward"], spec, x, self._weight, self.bias)
         if keep_x:
-            saved["x"] = np.array(x, copy=True)
-        self._saved = saved
-        return y
+            saved["x"] = np.array(x, copy=True) if copy_x else x
+        return y, saved
 
-    __call__ = forward
-
-    def _fft_forward(self, spec: ConvSpec, x: np.ndarray, saved: dict[str, Any]) -> np.ndarray:
-        """Whole-map FFT forward keeping Xf (when it fits the workspace) for the weight grad."""
+    def _fft_forward(
+        self,
+        spec: ConvSpec,
+        x: np.ndarray,
+        saved: dict[str, Any],
+        keep: dict[str, np.ndarray] | None,
+    ) -> np.ndarray:
+        """Whole-map FFT forward keeping Xf in ``keep`` (when it fits the workspace) for the
+        weight gradient; ``keep=None``: nothing is kept."""
         lay = _fft.layout(spec)
         wf = self._weight_spectrum(lay)
         saved["layout"] = lay
         if spec.is_depthwise:
-            keep = lay.spectrum_bytes(spec.batch * spec.in_channels) <= get_workspace_limit()
-            y, xf = _fdw.forward(lay, x, wf, self.bias, keep_xf=keep, xf_out=self._ws.get("xf"))
-            if xf is not None:
-                self._ws["xf"] = xf
+            fits = lay.spectrum_bytes(spec.batch * spec.in_channels) <= get_workspace_limit()
+            xf_out = keep.get("xf") if keep is not None else None
+            y, xf = _fdw.forward(
+                lay, x, wf, self.bias, keep_xf=keep is not None and fits, xf_out=xf_out
+            )
+            if xf is not None and keep is not None:
+                keep["xf"] = xf
                 saved["xf"] = xf
             return y
         per_batch = lay.spectrum_bytes(spec.batch * (spec.in_channels + spec.out_channels))
-        if per_batch <= get_workspace_limit():
-            xf = _fft.input_spectrum(lay, x, self._ws)
+        if keep is not None and per_batch <= get_workspace_limit():
+            xf = _fft.input_spectrum(lay, x, keep)
             saved["xf"] = xf
             return _fft.forward_from_spectra(lay, xf, wf, self.bias, self._ws)
         return _fft.forward(lay, x, self._weight, self.bias, wf=wf)
@@ -300,7 +331,6 @@ class Conv:
             raise RuntimeError("backward: call forward() first; there is no saved forward pass")
         saved = self._saved
         spec: ConvSpec = saved["spec"]
-        routes: dict[str, Route] = saved["routes"]
         g = _check_grad(grad_output, spec)
         check_same_dtype(weight=self._weight, grad_output=g)
         if self._weight_changed():
@@ -311,6 +341,15 @@ class Conv:
             )
         nd = spec.nd
         gb = g.sum(axis=(0, *range(2, 2 + nd))) if self.bias is not None else None
+        dx, dw = self._backward_step(saved, g, input_grad, weight_grad)
+        return Grads(dx, dw, gb)
+
+    def _backward_step(
+        self, saved: dict[str, Any], g: np.ndarray, input_grad: bool, weight_grad: bool
+    ) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """Input and weight gradients of the forward pass that made ``saved``."""
+        spec: ConvSpec = saved["spec"]
+        routes: dict[str, Route] = saved["routes"]
         dx = dw = None
         fft_dx = input_grad and routes["input_grad"] == _FFT
         fft_dw = weight_grad and routes["weight_grad"] == _FFT and "xf" in saved
@@ -323,7 +362,7 @@ class Conv:
                 dx = run_input_grad(routes["input_grad"], spec, self._weight, g)
             if weight_grad and dw is None:
                 dw = run_weight_grad(routes["weight_grad"], spec, saved["x"], g)
-        return Grads(dx, dw, gb)
+        return dx, dw
 
     def _fft_backward(
         self, spec: ConvSpec, g: np.ndarray, saved: dict[str, Any], need_dx: bool, need_dw: bool

@@ -47,6 +47,16 @@ class Constants:
     #: cost per extra batch entry a reduction creates (each tile is one): per-sample tasks and
     #: small transforms; fitted to tiled 3x3 layers (1568, 512, 288 tiles: 27-36 us each)
     tile_s: float = 30e-6
+    # PyTorch's native CPU convolution (torch 2.13.0+cpu, oneDNN; 2026-11-26, measured on
+    # ResNet-18 and depthwise 3..51 layers, see docs/torch.md). Only fftbp.torch plans with it.
+    #: dense layers, every pass (ResNet-18 3x3 layers: 76-208 GFLOP/s; taken at the top so the
+    #: planner leaves borderline layers native)
+    torch_dense_flops: float = 190e9
+    #: depthwise layers on oneDNN's fast paths (forward with kernels <= 13, input gradient)
+    torch_dw_fast_flops: float = 100e9
+    #: depthwise layers on the generic paths (forward with kernels > 13, weight gradient with
+    #: kernels > 3, 3D gradients): 3-8 GFLOP/s
+    torch_dw_slow_flops: float = 6e9
 
     def to_json(self) -> dict[str, float]:
         return asdict(self)
@@ -140,6 +150,24 @@ def direct_cost_of(spec: ConvSpec, pass_: str, k: Constants) -> PassCost:
     return PassCost(t, min(unfold, 128 << 20), unfold // (n * spec.out_size[0]))
 
 
+def torch_cost_of(spec: ConvSpec, pass_: str, k: Constants) -> PassCost:
+    """PyTorch's native convolution: the layer's flops at a rate chosen by which oneDNN path
+    torch takes (measured, see :class:`Constants`); its workspace is its own, counted as the
+    layer's output."""
+    kmax = max(spec.kernel)
+    if spec.in_channels // spec.groups > 1:
+        rate = k.torch_dense_flops
+    elif pass_ == "forward":
+        rate = k.torch_dw_fast_flops if kmax <= 13 else k.torch_dw_slow_flops
+    elif pass_ == "input_grad" and spec.nd < 3:
+        rate = k.torch_dw_fast_flops
+    else:
+        rate = k.torch_dw_fast_flops if kmax <= 3 and spec.nd < 3 else k.torch_dw_slow_flops
+    t = spec.flops / rate * (2.0 if spec.dtype.itemsize == 8 else 1.0) + k.call_s
+    out = math.prod(spec.output_shape) * spec.dtype.itemsize
+    return PassCost(t, out, out)
+
+
 def estimate(
     route: Route, spec: ConvSpec, pass_: str, k: Constants, have: frozenset[str] = frozenset()
 ) -> PassCost:
@@ -149,6 +177,8 @@ def estimate(
     inner = chain[-1].inner if chain else spec
     if route.base == "fft":
         base = fft_cost_of(inner, pass_, k, have)
+    elif route.base == "torch":
+        base = torch_cost_of(inner, pass_, k)
     else:
         base = direct_cost_of(inner, pass_, k)
     # the reductions' index maps copy the inner operands once each way

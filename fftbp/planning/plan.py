@@ -187,9 +187,9 @@ def describe_spec(s: ConvSpec) -> str:
 
 
 def _size(route: Route, spec: ConvSpec) -> str:
-    inner = route.inner(spec)
-    if route.base == "direct":
+    if route.base in ("direct", "torch"):
         return "-"
+    inner = route.inner(spec)
     shape = "x".join(map(str, transform_shape(inner)))
     if route.tile:
         return f"{shape} ({'x'.join(map(str, route.tile))} out)"
@@ -233,9 +233,9 @@ def _tiles(spec: ConvSpec) -> list[tuple[int, ...]]:
     return out
 
 
-def candidate_routes(spec: ConvSpec) -> list[Route]:
-    """Every route the planner considers for ``spec``."""
-    routes = [Route("direct"), Route("fft")]
+def candidate_routes(spec: ConvSpec, native: bool = False) -> list[Route]:
+    """Every route the planner considers for ``spec`` (``native``: PyTorch's convolution too)."""
+    routes = [Route("direct"), Route("fft")] + ([Route("torch")] if native else [])
     routes += [Route("fft", tile=t) for t in _tiles(spec)]
     for prep in applicable_preps(spec)[1:]:
         r = Route("fft", prep)
@@ -337,23 +337,25 @@ def plan_for_spec(
     mode: str = "estimate",
     memory_limit: int | None = None,
     reuse: bool = False,
+    native: bool = False,
 ) -> Plan:
     """:func:`plan` for an already validated layer (cached per signature).
 
     ``reuse=True`` plans for a :class:`fftbp.Conv` training step, where passes computed by
     whole-map FFT share spectra (the gradients' FFT cost then omits what forward already made).
+    ``native=True`` adds PyTorch's own convolution as a candidate (:mod:`fftbp.torch`).
     """
     _check_args(mode, memory_limit)
-    key = (spec, mode, memory_limit, reuse, get_num_threads())
+    key = (spec, mode, memory_limit, reuse, native, get_num_threads())
     with _cache_lock:
         hit = _cache.get(key)
         if hit is not None:
             _cache.move_to_end(key)
             return hit
     p = (
-        _measure(spec, memory_limit, reuse)
+        _measure(spec, memory_limit, reuse, native)
         if mode == "measure"
-        else _estimate(spec, memory_limit, reuse)
+        else _estimate(spec, memory_limit, reuse, native)
     )
     with _cache_lock:
         _cache[key] = p
@@ -395,9 +397,9 @@ def _pick(
     return (route, sec, nbytes), runner
 
 
-def _estimate(spec: ConvSpec, limit: int | None, reuse: bool) -> Plan:
+def _estimate(spec: ConvSpec, limit: int | None, reuse: bool, native: bool = False) -> Plan:
     k = constants()
-    routes = candidate_routes(spec)
+    routes = candidate_routes(spec, native)
     chosen: dict[str, Route] = {}
     choices: dict[str, Choice] = {}
     for pass_ in PASSES:
@@ -412,8 +414,9 @@ def _estimate(spec: ConvSpec, limit: int | None, reuse: bool) -> Plan:
     return _make_plan(spec, "estimate", choices, limit)
 
 
-def decision_key(spec: ConvSpec, limit: int | None, reuse: bool) -> str:
-    return f"{describe_spec(spec)}|limit={limit}|reuse={reuse}|threads={get_num_threads()}"
+def decision_key(spec: ConvSpec, limit: int | None, reuse: bool, native: bool = False) -> str:
+    key = f"{describe_spec(spec)}|limit={limit}|reuse={reuse}|threads={get_num_threads()}"
+    return key + ("|native" if native else "")
 
 
 def call_pass(route: Route, spec: ConvSpec, pass_: str, ops: dict[str, np.ndarray]) -> None:
@@ -435,9 +438,9 @@ def time_routes(
     return best_of_rounds(calls, rounds)
 
 
-def _measure(spec: ConvSpec, limit: int | None, reuse: bool) -> Plan:
-    est = _estimate(spec, limit, reuse)
-    key = decision_key(spec, limit, reuse)
+def _measure(spec: ConvSpec, limit: int | None, reuse: bool, native: bool = False) -> Plan:
+    est = _estimate(spec, limit, reuse, native)
+    key = decision_key(spec, limit, reuse, native)
     stored = store.get_decision(key)
     if stored is not None:
         try:
@@ -457,7 +460,7 @@ def _measure(spec: ConvSpec, limit: int | None, reuse: bool) -> Plan:
         for pass_ in PASSES:
             best_est = est.choice(pass_).seconds
             cands = []
-            for r in candidate_routes(spec):
+            for r in candidate_routes(spec, native):
                 c = estimate(r, spec, pass_, k)
                 if c.seconds <= MEASURE_WINDOW * best_est and (
                     limit is None or c.min_bytes <= limit
@@ -547,8 +550,9 @@ def check_method(method: Any) -> None:
         )
 
 
-def resolve(method: Any, spec: ConvSpec, *, reuse: bool = False) -> Plan:
-    """The plan behind a ``method=`` argument: a :class:`Plan`, ``"auto"`` or an algorithm."""
+def resolve(method: Any, spec: ConvSpec, *, reuse: bool = False, native: bool = False) -> Plan:
+    """The plan behind a ``method=`` argument: a :class:`Plan`, ``"auto"`` or an algorithm
+    (``native``: ``"auto"`` may choose PyTorch's convolution too)."""
     check_method(method)
     if isinstance(method, Plan):
         if method.spec != spec:
@@ -558,5 +562,5 @@ def resolve(method: Any, spec: ConvSpec, *, reuse: bool = False) -> Plan:
             )
         return method
     if method == "auto":
-        return plan_for_spec(spec, reuse=reuse)
+        return plan_for_spec(spec, reuse=reuse, native=native)
     return forced_plan(spec, method)

@@ -1,7 +1,8 @@
 """Routes: one way to compute a pass (base kernel + optional reductions), and running them.
 
 A :class:`Route` names an algorithm the planner can choose: the base kernel (``"fft"``: whole
-maps, ``"direct"``: im2col + GEMM), optionally after a stride or dilation decomposition
+maps, ``"direct"``: im2col + GEMM, ``"torch"``: PyTorch's native convolution, a candidate only
+when :mod:`fftbp.torch` plans), optionally after a stride or dilation decomposition
 (``prep``) and overlap-save tiling (``tile``, FFT only). Routes are small, hashable and
 serialisable, so measured decisions can be stored.
 """
@@ -25,6 +26,7 @@ __all__ = ["ALGORITHMS", "Route", "run_forward", "run_input_grad", "run_weight_g
 #: Names accepted by ``method=`` to force an algorithm (``"auto"`` plans).
 ALGORITHMS = ("fft", "fft_tiled", "direct")
 PREPS = ("", "polyphase", "dilation")
+BASES = ("fft", "direct", "torch")
 
 
 @dataclass(frozen=True)
@@ -37,8 +39,8 @@ class Route:
 
     @property
     def algorithm(self) -> str:
-        if self.base == "direct":
-            return "direct"
+        if self.base in ("direct", "torch"):
+            return self.base
         return "fft_tiled" if self.tile else "fft"
 
     def label(self) -> str:
@@ -65,7 +67,7 @@ class Route:
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Route:
         base, prep, tile = d["base"], d.get("prep", ""), d.get("tile")
-        if base not in ("fft", "direct") or prep not in PREPS:
+        if base not in BASES or prep not in PREPS:
             raise ValueError(f"route: unknown base {base!r} or prep {prep!r}")
         if tile is not None and (
             not isinstance(tile, list) or not all(isinstance(t, int) and t > 0 for t in tile)
@@ -98,12 +100,21 @@ def applicable_preps(spec: ConvSpec) -> list[str]:
 
 
 # -- base kernels on one (inner) layer -------------------------------------------------------
+def _native() -> Any:
+    """PyTorch's convolution on numpy operands (imported only when a plan chose it)."""
+    from fftbp.torch import _native
+
+    return _native
+
+
 def base_forward(base: str, spec: ConvSpec, x: np.ndarray, w: np.ndarray, b: Any) -> np.ndarray:
     if base == "fft":
         lay = _fft.layout(spec)
         if spec.is_depthwise:
             return _fdw.forward(lay, x, _fdw.weight_spectrum(lay, w), b, keep_xf=False)[0]
         return _fft.forward(lay, x, w, b)
+    if base == "torch":
+        return _native().forward(spec, x, w, b)
     return _direct.forward(spec, x, w, b)
 
 
@@ -113,6 +124,8 @@ def base_input_grad(base: str, spec: ConvSpec, w: np.ndarray, g: np.ndarray) -> 
         if spec.is_depthwise:
             return _fdw.backward(lay, g, _fdw.weight_spectrum(lay, w), need_dw=False)[0]
         return _fft.input_grad(lay, w, g)
+    if base == "torch":
+        return _native().input_grad(spec, w, g)
     return _direct.input_grad(spec, w, g)
 
 
@@ -122,6 +135,8 @@ def base_weight_grad(base: str, spec: ConvSpec, x: np.ndarray, g: np.ndarray) ->
         if spec.is_depthwise:
             return _fdw.backward(lay, g, None, x=x, need_dx=False)[1]
         return _fft.weight_grad(lay, x, g)
+    if base == "torch":
+        return _native().weight_grad(spec, x, g)
     return _direct.weight_grad(spec, x, g)
 
 

@@ -1,0 +1,29 @@
+"""PyTorch integration: drop-in ``nn.Conv{1,2,3}d`` whose passes fftbp computes where it wins.
+
+>>> from fftbp.torch import Conv2d, convert
+>>> layer = Conv2d(128, 128, 31, padding=15, groups=128)     # same constructor as nn.Conv2d
+>>> model, report = convert(model, example_input)           # or swap a whole model's layers
+>>> print(report)
+
+Every pass of a layer is planned (:func:`fftbp.plan`) with PyTorch's own convolution as one more
+candidate, so a converted layer computes each pass by whichever of fftbp's algorithms and torch's
+native kernel is fastest. Backward reuses the spectra forward made and computes only the
+gradients autograd asks for. What is routed to torch's native convolution unchanged: tensors
+not on the CPU, dtypes other than float32/float64 (half, bfloat16, complex), and double
+backward (``create_graph=True`` raises: fftbp's backward is not itself differentiable).
+"""
+
+from __future__ import annotations
+
+try:
+    import torch  # noqa: F401
+except ImportError as e:  # pragma: no cover - exercised only without torch
+    raise ImportError(
+        "fftbp.torch needs PyTorch: pip install 'torch>=2.1' (CPU wheels: "
+        "--index-url https://download.pytorch.org/whl/cpu)"
+    ) from e
+
+from fftbp.torch._convert import ConvertReport, LayerReport, convert
+from fftbp.torch._modules import Conv1d, Conv2d, Conv3d
+
+__all__ = ["Conv1d", "Conv2d", "Conv3d", "ConvertReport", "LayerReport", "convert"]

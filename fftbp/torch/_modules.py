@@ -1,0 +1,219 @@
+"""``fftbp.torch.Conv{1,2,3}d``: ``nn.Conv{1,2,3}d`` subclasses whose passes go through fftbp.
+
+The module keeps ``nn.ConvNd``'s constructor, parameters and ``state_dict`` (a checkpoint loads
+into either class) and overrides only ``_conv_forward``. That calls :class:`_ConvFunction`, a
+``torch.autograd.Function`` around one :class:`fftbp.Conv` engine per module:
+
+* forward plans the layer (PyTorch's native convolution is a candidate for every pass), computes
+  the output and keeps what backward needs: the input's spectrum when the weight gradient reuses
+  it, otherwise the input tensor itself (through ``save_for_backward``, so an in-place change
+  between forward and backward raises torch's usual error);
+* backward computes only the gradients in ``ctx.needs_input_grad``, reusing the weight's
+  spectrum (made once per weight value: the key is the parameter's storage and torch's version
+  counter, which every optimizer step bumps) and the kept input spectrum.
+
+Tensors cross to numpy without copies (``Tensor.numpy()`` / ``torch.from_numpy``) when they are
+contiguous CPU tensors.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.autograd.function import once_differentiable
+
+from fftbp.api import Conv, Method
+from fftbp.planning.plan import check_method
+
+__all__ = ["Conv1d", "Conv2d", "Conv3d"]
+
+_FLOAT = (torch.float32, torch.float64)
+
+
+def _numpy(t: torch.Tensor) -> np.ndarray:
+    """A numpy view of a CPU tensor (copied only if it is not contiguous)."""
+    return t.detach().contiguous().numpy()
+
+
+class _Engine(Conv):
+    """An :class:`fftbp.Conv` whose weight is a view of a torch parameter's memory.
+
+    The weight spectrum is remade when the weight's content changes: :class:`fftbp.Conv`
+    compares it with a snapshot at every forward pass, which also catches writes through
+    ``.data`` that torch's version counter does not see.
+    """
+
+    def __init__(self, stride: Any, padding: Any, dilation: Any, groups: int, method: Method):
+        check_method(method)
+        self.stride, self.padding, self.dilation, self.groups = stride, padding, dilation, groups
+        self.method = method
+        self._key: tuple[Any, ...] | None = None
+        self._pool: list[dict[str, np.ndarray]] = []  # reusable buffers for kept spectra
+        self.lock = threading.Lock()
+
+    def bind(self, w: torch.Tensor, b: torch.Tensor | None) -> None:
+        """Use ``w`` and ``b`` (numpy views)."""
+        key = (w.data_ptr(), tuple(w.shape), tuple(w.stride()), w.dtype)
+        bias = None if b is None else _numpy(b)
+        if key != self._key:
+            self._set_weight(_numpy(w), bias)
+            self._key = key
+        else:
+            self.bias = bias
+
+    def take_buffers(self) -> dict[str, np.ndarray]:
+        with self.lock:
+            return self._pool.pop() if self._pool else {}
+
+    def give_buffers(self, buffers: dict[str, np.ndarray]) -> None:
+        with self.lock:
+            if len(self._pool) < 2:
+                self._pool.append(buffers)
+
+
+class _Kept:
+    """Buffers holding a forward pass's kept spectra; back to the module's pool when autograd
+    frees the graph node that owns them (so ``retain_graph=True`` stays correct)."""
+
+    def __init__(self, engine: _Engine, buffers: dict[str, np.ndarray]) -> None:
+        self.engine, self.buffers = engine, buffers
+
+    def __del__(self) -> None:
+        self.engine.give_buffers(self.buffers)
+
+
+class _ConvFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any,
+        x: torch.Tensor,
+        w: torch.Tensor,
+        b: torch.Tensor | None,
+        engine: _Engine,
+        grad: bool,
+    ) -> torch.Tensor:
+        engine.bind(w, b)
+        xn = _numpy(x)
+        need_dw = grad and w.requires_grad
+        kept = _Kept(engine, engine.take_buffers())
+        y, saved = engine._forward_step(
+            xn, keep=kept.buffers, copy_x=False, weight_grad=need_dw, native=True
+        )
+        ctx.engine, ctx.kept, ctx.saved_fftbp = engine, kept, saved
+        # x is saved only when a pass needs it; torch checks both for in-place changes
+        ctx.save_for_backward(x if "x" in saved else None, w)
+        return torch.from_numpy(y)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, gy: torch.Tensor) -> tuple[Any, ...]:
+        x, w = ctx.saved_tensors  # raises if either was modified in place since forward
+        need_dx, need_dw, need_db = ctx.needs_input_grad[:3]
+        saved = ctx.saved_fftbp
+        if need_dw and "x" not in saved and "xf" not in saved:
+            raise RuntimeError(
+                "fftbp.torch: the weight gradient was not requested when forward ran "
+                "(weight.requires_grad was False or grad mode was off)"
+            )
+        g = _numpy(gy)
+        engine: _Engine = ctx.engine
+        if x is not None:
+            saved["x"] = _numpy(x)
+        dx, dw = engine._backward_step(saved, g, need_dx, need_dw)
+        db = gy.sum(dim=(0, *range(2, gy.dim()))) if need_db else None
+        return (
+            None if dx is None else torch.from_numpy(dx),
+            None if dw is None else torch.from_numpy(dw),
+            db,
+            None,
+            None,
+        )
+
+
+class _FFTBPConv(nn.Module):
+    """What the three module classes add to ``nn.ConvNd`` (first in their bases)."""
+
+    _nd: int
+
+    def __init__(self, *args: Any, method: Method = "auto", **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        check_method(method)
+        self.method = method
+        self._engines: dict[str, _Engine] = {}
+
+    def _engine(self, padding: Any) -> _Engine:
+        key = repr(padding)
+        eng = self._engines.get(key)
+        if eng is None or eng.method is not self.method:
+            eng = _Engine(self.stride, padding, self.dilation, self.groups, self.method)
+            self._engines[key] = eng
+        return eng
+
+    def _conv_forward(
+        self, input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
+    ) -> torch.Tensor:
+        if not _supported(input, weight):
+            return super()._conv_forward(input, weight, bias)  # documented: torch computes it
+        padding: Any = self.padding
+        if self.padding_mode != "zeros":
+            input = nn.functional.pad(
+                input, self._reversed_padding_repeated_twice, mode=self.padding_mode
+            )
+            padding = 0
+        unbatched = input.dim() == self._nd + 1
+        if unbatched:
+            input = input.unsqueeze(0)
+        grad = torch.is_grad_enabled() and (
+            input.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad)
+        )
+        y = _ConvFunction.apply(input, weight, bias, self._engine(padding), grad)
+        return y.squeeze(0) if unbatched else y
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", method={self.method!r}"
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickle and deepcopy without the engines (numpy views of the weight, a lock)."""
+        state = dict(self.__dict__)
+        state["_engines"] = {}
+        return state
+
+
+def _supported(x: torch.Tensor, w: torch.Tensor) -> bool:
+    """fftbp computes strided CPU float32/float64 tensors; everything else goes to torch."""
+    return (
+        x.device.type == "cpu"
+        and w.device.type == "cpu"
+        and x.dtype in _FLOAT
+        and w.dtype in _FLOAT
+        and x.layout == torch.strided
+    )
+
+
+_DOC = """``torch.nn.{name}`` computed by fftbp where that is faster.
+
+Same constructor, parameters and ``state_dict`` as ``torch.nn.{name}`` (a checkpoint loads into
+either), plus one keyword: ``method`` = ``'auto'`` (default: plan every pass with torch's native
+convolution as one more candidate), ``'fft'``, ``'fft_tiled'``, ``'direct'`` or a
+:class:`fftbp.Plan`. Inputs on other devices or with dtypes other than float32/float64 are
+computed by ``torch.nn.{name}`` unchanged.
+"""
+
+
+class Conv1d(_FFTBPConv, nn.Conv1d):
+    __doc__ = _DOC.format(name="Conv1d")
+    _nd = 1
+
+
+class Conv2d(_FFTBPConv, nn.Conv2d):
+    __doc__ = _DOC.format(name="Conv2d")
+    _nd = 2
+
+
+class Conv3d(_FFTBPConv, nn.Conv3d):
+    __doc__ = _DOC.format(name="Conv3d")
+    _nd = 3

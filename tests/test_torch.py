@@ -1,0 +1,321 @@
+"""fftbp.torch against PyTorch itself: gradcheck, native modules as oracle, convert, DDP."""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import pickle
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch", reason="torch is part of the 'test' extra")
+
+from fftbp.torch import Conv1d, Conv2d, Conv3d, convert  # noqa: E402
+from fftbp.torch import _modules  # noqa: E402
+from tests._cases import GROUPINGS, KERNELS, SIZES, channels, padding_value  # noqa: E402
+
+OURS = {1: Conv1d, 2: Conv2d, 3: Conv3d}
+NATIVE = {1: torch.nn.Conv1d, 2: torch.nn.Conv2d, 3: torch.nn.Conv3d}
+MODES = ["zeros", "reflect", "replicate", "circular"]
+PADS = ["int", "tuple", "same", "valid"]  # what nn.ConvNd accepts
+
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:Using padding='same' with even kernel lengths:UserWarning"
+)
+
+
+def module_cases():
+    """The option product (dimension, stride, padding kind, dilation, grouping); padding mode
+    and bias cycle through their values so that every one meets every other option."""
+    combos = [
+        c
+        for c in itertools.product((1, 2, 3), (1, 2), PADS, (1, 2), GROUPINGS)
+        if not (c[2] == "same" and c[1] != 1)
+    ]
+    for i, (nd, stride, pad, dil, grouping) in enumerate(combos):
+        mode = MODES[i % 4]
+        bias = (i // 4) % 2 == 0
+        yield f"{nd}d-s{stride}-{pad}-d{dil}-{grouping}-{mode}-{'b' if bias else 'nob'}", (
+            nd, stride, pad, dil, grouping, mode, bias,
+        )
+
+
+CASES = list(module_cases())
+
+
+def make_pair(case, dtype, method, seed=0):
+    """An fftbp module and a native one with the same parameters, and an input."""
+    nd, stride, pad, dil, grouping, mode, bias = case
+    c, f, groups = channels(grouping)
+    kw = dict(
+        stride=stride, padding=padding_value(pad, nd), dilation=dil, groups=groups, bias=bias,
+        padding_mode=mode, dtype=dtype,
+    )
+    torch.manual_seed(seed)
+    ours = OURS[nd](c, f, KERNELS[nd], **kw, method=method)
+    native = NATIVE[nd](c, f, KERNELS[nd], **kw)
+    native.load_state_dict(ours.state_dict())
+    x = torch.randn(2, c, *SIZES[nd], dtype=dtype)
+    return ours, native, x
+
+
+def step(module, x, g=None, seed=1):
+    x = x.detach().clone().requires_grad_()
+    y = module(x)
+    if g is None:
+        g = torch.randn(y.shape, dtype=y.dtype, generator=torch.Generator().manual_seed(seed))
+    y.backward(g)
+    grads = [x.grad] + [p.grad for p in module.parameters()]
+    return y.detach(), grads, g
+
+
+def rel(a, b):
+    a, b = a.detach(), b.detach()
+    return float((a - b).norm() / max(b.norm(), 1e-300))
+
+
+# -- correctness against torch --------------------------------------------------------------------
+@pytest.mark.parametrize("method", ["fft", "direct", "auto"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("case", [c for _, c in CASES], ids=[i for i, _ in CASES])
+def test_matches_native_module(case, dtype, method):
+    ours, native, x = make_pair(case, dtype, method)
+    y, grads, g = step(ours, x)
+    y_ref, grads_ref, _ = step(native, x, g)
+    tol = 1e-5 if dtype == torch.float32 else 1e-11
+    assert y.dtype == dtype and y.shape == y_ref.shape
+    assert rel(y, y_ref) <= tol
+    for a, b in zip(grads, grads_ref):
+        assert rel(a, b) <= tol
+
+
+TILED_SIZES = {1: (40,), 2: (24, 22), 3: (16, 15, 16)}  # several tiles per axis
+
+
+def _gradcheck(module, x, **kw):
+    w = module.weight.detach().clone().requires_grad_()
+    b = None if module.bias is None else module.bias.detach().clone().requires_grad_()
+    args = (x.detach().requires_grad_(), w) + ((b,) if b is not None else ())
+    return torch.autograd.gradcheck(lambda x, w, b=None: module._conv_forward(x, w, b), args, **kw)
+
+
+@pytest.mark.parametrize("method", ["fft", "direct", "fft_tiled"])
+@pytest.mark.parametrize("case", [c for _, c in CASES], ids=[i for i, _ in CASES])
+def test_gradcheck_fast(case, method):
+    """gradcheck (float64, random projections) of the autograd Function: x, weight, bias."""
+    ours, _, x = make_pair(case, torch.float64, method)
+    if method == "fft_tiled":
+        x = torch.randn(2, ours.in_channels, *TILED_SIZES[case[0]], dtype=torch.float64)
+    assert _gradcheck(ours, x, fast_mode=True)
+
+
+@pytest.mark.parametrize("method", ["fft", "direct"])
+@pytest.mark.parametrize("case", [c for _, c in CASES][::11], ids=[i for i, _ in CASES][::11])
+def test_gradcheck_full(case, method):
+    """Full (every-entry) gradcheck on a sample of the product."""
+    ours, _, x = make_pair(case, torch.float64, method)
+    assert _gradcheck(ours, x[:1])
+
+
+@pytest.mark.parametrize("k", [15, 31])
+def test_large_kernel_float32(k):
+    """A RepLKNet-style depthwise layer and a dense one in float32 vs torch in float64."""
+    for groups, c in ((16, 16), (1, 6)):
+        ours = Conv2d(c, c if groups > 1 else 5, k, padding=k // 2, groups=groups)
+        native = copy.deepcopy(torch.nn.Conv2d(c, ours.out_channels, k, padding=k // 2,
+                                               groups=groups)).double()
+        native.load_state_dict({n: p.double() for n, p in ours.state_dict().items()})
+        x = torch.randn(2, c, 40, 36)
+        y, grads, g = step(ours, x)
+        y_ref, grads_ref, _ = step(native, x.double(), g.double())
+        assert rel(y.double(), y_ref) <= 1e-5
+        for a, b in zip(grads, grads_ref):
+            assert rel(a.double(), b) <= 1e-5
+
+
+# -- module behaviour -----------------------------------------------------------------------------
+def test_state_dict_round_trip():
+    ours = Conv2d(4, 8, 5, padding=2, groups=2)
+    native = torch.nn.Conv2d(4, 8, 5, padding=2, groups=2)
+    assert ours.state_dict().keys() == native.state_dict().keys()
+    native.load_state_dict(ours.state_dict())
+    back = Conv2d(4, 8, 5, padding=2, groups=2)
+    back.load_state_dict(native.state_dict())
+    for k, v in ours.state_dict().items():
+        assert torch.equal(v, back.state_dict()[k])
+    assert isinstance(ours, torch.nn.Conv2d)
+    x = torch.randn(1, 4, 12, 12)
+    assert torch.allclose(back(x), native(x), atol=1e-5)
+
+
+def test_pickle_and_deepcopy_keep_working():
+    layer = Conv2d(2, 3, 7, padding=3, method="fft")
+    x = torch.randn(1, 2, 16, 16)
+    y = layer(x)
+    for clone in (pickle.loads(pickle.dumps(layer)), copy.deepcopy(layer)):
+        assert torch.allclose(clone(x), y, atol=1e-6)
+        assert clone.method == "fft"
+
+
+def test_weight_updates_are_seen():
+    """An optimizer step and a write through .data both change the next forward pass."""
+    layer = Conv2d(3, 4, 9, padding=4, method="fft").double()
+    native = torch.nn.Conv2d(3, 4, 9, padding=4).double()
+    native.load_state_dict(layer.state_dict())
+    opt = torch.optim.SGD(layer.parameters(), lr=0.1)
+    opt_n = torch.optim.SGD(native.parameters(), lr=0.1)
+    x = torch.randn(2, 3, 20, 20, dtype=torch.float64)
+    for _ in range(3):
+        for m, o in ((layer, opt), (native, opt_n)):
+            o.zero_grad()
+            m(x).square().sum().backward()
+            o.step()
+    assert rel(layer(x), native(x)) <= 1e-11
+    with torch.no_grad():
+        layer.weight.data.mul_(2)
+        native.weight.data.mul_(2)
+    assert rel(layer(x), native(x)) <= 1e-11
+
+
+def test_inplace_weight_change_between_forward_and_backward_raises():
+    layer = Conv2d(2, 2, 5, padding=2, method="fft")
+    y = layer(torch.randn(1, 2, 10, 10))
+    with torch.no_grad():
+        layer.weight.add_(1)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        y.sum().backward()
+
+
+def test_two_pending_forwards_and_retain_graph():
+    """The same layer applied twice before backward, and backward run twice."""
+    layer = Conv2d(3, 3, 9, padding=4, groups=3, method="fft").double()
+    native = torch.nn.Conv2d(3, 3, 9, padding=4, groups=3).double()
+    native.load_state_dict(layer.state_dict())
+    x = torch.randn(2, 3, 16, 16, dtype=torch.float64, requires_grad=True)
+    results = []
+    for m in (layer, native):
+        x.grad = None
+        m.zero_grad()
+        loss = (m(m(x)) * torch.linspace(0, 1, 16, dtype=torch.float64)).sum()
+        loss.backward(retain_graph=True)
+        loss.backward()
+        results.append((x.grad.clone(), m.weight.grad.clone()))
+    for a, b in zip(*results):
+        assert rel(a, b) <= 1e-11
+
+
+def test_no_input_grad_when_nobody_asks(monkeypatch):
+    calls = []
+    orig = _modules._Engine._backward_step
+
+    def spy(self, saved, g, input_grad, weight_grad):
+        calls.append((input_grad, weight_grad))
+        return orig(self, saved, g, input_grad, weight_grad)
+
+    monkeypatch.setattr(_modules._Engine, "_backward_step", spy)
+    layer = Conv2d(2, 2, 7, padding=3, method="fft")
+    layer(torch.randn(1, 2, 12, 12)).sum().backward()  # first layer: x needs no grad
+    layer.weight.requires_grad_(False)
+    x = torch.randn(1, 2, 12, 12, requires_grad=True)
+    layer(x).sum().backward()
+    assert calls == [(False, True), (True, False)]
+    assert layer.bias.grad is not None
+
+
+def test_unbatched_input_and_no_grad():
+    layer = Conv1d(2, 3, 31, padding="same", method="fft")
+    native = torch.nn.Conv1d(2, 3, 31, padding="same")
+    native.load_state_dict(layer.state_dict())
+    x = torch.randn(2, 100)
+    with torch.no_grad():
+        assert torch.allclose(layer(x), native(x), atol=1e-5)
+    assert layer(x).shape == (3, 100)
+
+
+def test_unsupported_inputs_are_routed_to_torch():
+    """Half precision and meta tensors are computed by torch unchanged (documented)."""
+    layer = Conv2d(2, 3, 3, padding=1, method="fft")
+    x = torch.randn(1, 2, 8, 8, device="meta")
+    assert layer.to("meta")(x).device.type == "meta"
+    layer = Conv2d(2, 3, 3, padding=1, method="fft").to(torch.bfloat16)
+    native = torch.nn.Conv2d(2, 3, 3, padding=1).to(torch.bfloat16)
+    native.load_state_dict(layer.state_dict())
+    xb = torch.randn(1, 2, 8, 8, dtype=torch.bfloat16)
+    assert torch.equal(layer(xb), native(xb))
+
+
+def test_double_backward_raises():
+    layer = Conv2d(2, 2, 5, padding=2, method="fft").double()
+    x = torch.randn(1, 2, 8, 8, dtype=torch.float64, requires_grad=True)
+    (gx,) = torch.autograd.grad(layer(x).square().sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable|twice"):
+        gx.sum().backward()
+
+
+def test_bad_method_names_the_argument():
+    with pytest.raises(ValueError, match="method: expected one of"):
+        Conv2d(2, 2, 3, method="winograd")
+
+
+# -- convert --------------------------------------------------------------------------------------
+class Mixed(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = torch.nn.Conv2d(3, 32, 3, padding=1)
+        self.large = torch.nn.Conv2d(32, 32, 31, padding=15, groups=32)
+        self.mix = torch.nn.Conv2d(32, 32, 1)
+        self.unused = torch.nn.Conv2d(32, 32, 3)
+
+    def forward(self, x):
+        return self.mix(torch.relu(self.large(torch.relu(self.stem(x)))))
+
+
+def test_convert_swaps_large_kernels_and_keeps_small_ones():
+    torch.manual_seed(0)
+    model = Mixed()
+    x = torch.randn(4, 3, 48, 48)
+    converted, report = convert(model, x)
+    assert type(model.large) is torch.nn.Conv2d  # not in place: the original is untouched
+    assert type(converted.large) is Conv2d
+    assert type(converted.stem) is torch.nn.Conv2d
+    assert type(converted.mix) is torch.nn.Conv2d
+    assert report.converted == ["large"]
+    by_name = {r.name: r for r in report.layers}
+    assert by_name["large"].predicted_speedup > 10
+    assert by_name["stem"].passes["input_grad"] == "torch" or not by_name["stem"].converted
+    assert by_name["unused"].reason == "not run by example_input"
+    text = str(report)
+    assert "large" in text and "1 of 4 convolutions converted" in text
+    y, y_ref = converted(x), model(x)
+    assert rel(y.detach(), y_ref.detach()) <= 1e-5
+
+
+def test_convert_inplace_and_measured():
+    model = Mixed()
+    params = list(model.parameters())
+    x = torch.randn(1, 3, 40, 40)
+    same, report = convert(model, x, inplace=True, measure=True, min_speedup=1.0)
+    assert same is model and list(model.parameters()) == params
+    large = next(r for r in report.layers if r.name == "large")
+    assert large.measured_speedup is not None and large.converted
+    assert type(model.large) is Conv2d
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        (dict(min_speedup=0), "min_speedup: expected a number > 0, got 0"),
+        (dict(min_speedup="2"), "min_speedup: expected a number > 0"),
+    ],
+)
+def test_convert_bad_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        convert(Mixed(), torch.randn(1, 3, 8, 8), **kwargs)
+
+
+def test_convert_bad_model_and_input():
+    with pytest.raises(TypeError, match="model: expected a torch.nn.Module"):
+        convert("resnet", torch.randn(1, 3, 8, 8))
+    with pytest.raises(TypeError, match="example_input: expected a Tensor"):
+        convert(Mixed(), np.zeros((1, 3, 8, 8)))
