@@ -11,8 +11,13 @@ import pytest
 
 torch = pytest.importorskip("torch", reason="torch is part of the 'test' extra")
 
-from fftbp.torch import Conv1d, Conv2d, Conv3d, convert  # noqa: E402
-from fftbp.torch import _modules  # noqa: E402
+from fftbp.torch import (  # noqa: E402
+    Conv1d,
+    Conv2d,
+    Conv3d,
+    _modules,
+    convert,
+)
 from tests._cases import GROUPINGS, KERNELS, SIZES, channels, padding_value  # noqa: E402
 
 OURS = {1: Conv1d, 2: Conv2d, 3: Conv3d}
@@ -36,8 +41,17 @@ def module_cases():
     for i, (nd, stride, pad, dil, grouping) in enumerate(combos):
         mode = MODES[i % 4]
         bias = (i // 4) % 2 == 0
-        yield f"{nd}d-s{stride}-{pad}-d{dil}-{grouping}-{mode}-{'b' if bias else 'nob'}", (
-            nd, stride, pad, dil, grouping, mode, bias,
+        yield (
+            f"{nd}d-s{stride}-{pad}-d{dil}-{grouping}-{mode}-{'b' if bias else 'nob'}",
+            (
+                nd,
+                stride,
+                pad,
+                dil,
+                grouping,
+                mode,
+                bias,
+            ),
         )
 
 
@@ -49,8 +63,13 @@ def make_pair(case, dtype, method, seed=0):
     nd, stride, pad, dil, grouping, mode, bias = case
     c, f, groups = channels(grouping)
     kw = dict(
-        stride=stride, padding=padding_value(pad, nd), dilation=dil, groups=groups, bias=bias,
-        padding_mode=mode, dtype=dtype,
+        stride=stride,
+        padding=padding_value(pad, nd),
+        dilation=dil,
+        groups=groups,
+        bias=bias,
+        padding_mode=mode,
+        dtype=dtype,
     )
     torch.manual_seed(seed)
     ours = OURS[nd](c, f, KERNELS[nd], **kw, method=method)
@@ -123,8 +142,9 @@ def test_large_kernel_float32(k):
     """A RepLKNet-style depthwise layer and a dense one in float32 vs torch in float64."""
     for groups, c in ((16, 16), (1, 6)):
         ours = Conv2d(c, c if groups > 1 else 5, k, padding=k // 2, groups=groups)
-        native = copy.deepcopy(torch.nn.Conv2d(c, ours.out_channels, k, padding=k // 2,
-                                               groups=groups)).double()
+        native = copy.deepcopy(
+            torch.nn.Conv2d(c, ours.out_channels, k, padding=k // 2, groups=groups)
+        ).double()
         native.load_state_dict({n: p.double() for n, p in ours.state_dict().items()})
         x = torch.randn(2, c, 40, 36)
         y, grads, g = step(ours, x)
@@ -249,7 +269,7 @@ def test_double_backward_raises():
     layer = Conv2d(2, 2, 5, padding=2, method="fft").double()
     x = torch.randn(1, 2, 8, 8, dtype=torch.float64, requires_grad=True)
     (gx,) = torch.autograd.grad(layer(x).square().sum(), x, create_graph=True)
-    with pytest.raises(RuntimeError, match="once_differentiable|twice"):
+    with pytest.raises(RuntimeError, match=r"once_differentiable|twice"):
         gx.sum().backward()
 
 
@@ -315,7 +335,7 @@ def test_convert_bad_arguments(kwargs, match):
 
 
 def test_convert_bad_model_and_input():
-    with pytest.raises(TypeError, match="model: expected a torch.nn.Module"):
+    with pytest.raises(TypeError, match=r"model: expected a torch\.nn\.Module"):
         convert("resnet", torch.randn(1, 3, 8, 8))
     with pytest.raises(TypeError, match="example_input: expected a Tensor"):
         convert(Mixed(), np.zeros((1, 3, 8, 8)))

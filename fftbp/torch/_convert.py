@@ -179,9 +179,7 @@ def _spec(mod: nn.Module, x: torch.Tensor) -> ConvSpec:
     )
 
 
-def _decide(
-    name: str, mod: nn.Module, seen: Any, min_speedup: float, measure: bool
-) -> LayerReport:
+def _decide(name: str, mod: nn.Module, seen: Any, min_speedup: float, measure: bool) -> LayerReport:
     if seen is None:
         return LayerReport(name, "-", False, "not run by example_input")
     x, x_grad, device = seen
@@ -201,14 +199,10 @@ def _decide(
     labels = {q: p.choice(q).route.label() for q in PASSES}
     measured = _measure(mod, tuple(x.shape), x.dtype, x_grad) if measure else None
     ratio = measured if measured is not None else predicted
-    converted = ratio >= min_speedup and any(
-        p.choice(q).route.base != "torch" for q in passes
-    )
+    converted = ratio >= min_speedup and any(p.choice(q).route.base != "torch" for q in passes)
     how = "measured" if measure else "predicted"
     reason = f"{how} {ratio:.2f}x" + ("" if converted else f" < {min_speedup}")
-    return LayerReport(
-        name, describe_spec(spec), converted, reason, labels, predicted, measured
-    )
+    return LayerReport(name, describe_spec(spec), converted, reason, labels, predicted, measured)
 
 
 def _measure(mod: nn.Module, shape: tuple[int, ...], dtype: torch.dtype, x_grad: bool) -> float:

@@ -111,7 +111,7 @@ class _ConvFunction(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, gy: torch.Tensor) -> tuple[Any, ...]:
-        x, w = ctx.saved_tensors  # raises if either was modified in place since forward
+        x, _w = ctx.saved_tensors  # raises if either was modified in place since forward
         need_dx, need_dw, need_db = ctx.needs_input_grad[:3]
         saved = ctx.saved_fftbp
         if need_dw and "x" not in saved and "xf" not in saved:

@@ -38,9 +38,7 @@ def _padded_shape(spec: ConvSpec) -> tuple[int, ...]:
     return (spec.batch, spec.in_channels, *inner)
 
 
-def forward(
-    spec: ConvSpec, x: np.ndarray, w: np.ndarray, b: np.ndarray | None
-) -> np.ndarray:
+def forward(spec: ConvSpec, x: np.ndarray, w: np.ndarray, b: np.ndarray | None) -> np.ndarray:
     xt = torch.from_numpy(np.ascontiguousarray(x))
     if not _symmetric(spec):
         xt = torch.nn.functional.pad(xt, _pad_arg(spec))
@@ -63,8 +61,13 @@ def input_grad(spec: ConvSpec, w: np.ndarray, g: np.ndarray) -> np.ndarray:
             [True, False, False],
         )[0]
     if not _symmetric(spec):
-        dx = dx[(slice(None), slice(None), *(slice(lo, lo + h) for h, (lo, _) in zip(
-            spec.in_size, spec.padding)))]
+        dx = dx[
+            (
+                slice(None),
+                slice(None),
+                *(slice(lo, lo + h) for h, (lo, _) in zip(spec.in_size, spec.padding)),
+            )
+        ]
     return np.ascontiguousarray(dx.numpy())
 
 
