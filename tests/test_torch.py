@@ -339,3 +339,31 @@ def test_convert_bad_model_and_input():
         convert("resnet", torch.randn(1, 3, 8, 8))
     with pytest.raises(TypeError, match="example_input: expected a Tensor"):
         convert(Mixed(), np.zeros((1, 3, 8, 8)))
+
+
+# -- DistributedDataParallel ----------------------------------------------------------------------
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_ddp_two_processes_match_one_process_on_the_whole_batch(tmp_path):
+    """DDP (gloo, loopback) all-reduces fftbp's gradients like any others: 3 steps on two
+    halves of a batch give the parameters of 3 steps on the whole batch in one process."""
+    import torch.multiprocessing as mp
+
+    from tests import _ddp
+
+    out = str(tmp_path / "ddp.pt")
+    mp.spawn(_ddp.worker, args=(2, _free_port(), out, 3), nprocs=2, join=True)
+    ddp_state = torch.load(out)
+    model = _ddp.make_model()
+    x, t = _ddp.make_data()
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    _ddp.train(model, x, t, 3)
+    for k, v in model.state_dict().items():
+        assert not torch.equal(v, start[k])  # the steps moved every parameter
+        assert rel(ddp_state[k], v) <= 1e-12, k
