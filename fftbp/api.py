@@ -170,6 +170,10 @@ class Conv:
     when the spectrum was made, so ``w -= lr * dw`` just works).
     """
 
+    #: take a weight snapshot at every forward pass (it also serves :meth:`backward`'s check for
+    #: in-place changes); subclasses with their own check take one only for the weight spectrum
+    _snapshot_always = True
+
     def __init__(
         self,
         weight: Any,
@@ -279,7 +283,8 @@ class Conv:
         saved: dict[str, Any] = {"spec": spec, "plan": plan, "routes": routes}
         # x itself is kept unless the weight gradient reuses Xf
         keep_x = weight_grad and (routes["weight_grad"] != _FFT or routes["forward"] != _FFT)
-        self._refresh_snapshot()
+        if self._snapshot_always or _FFT in (routes["forward"], routes["input_grad"]):
+            self._refresh_snapshot()
         with blas_single_threaded(), workspace_limit_override(plan.memory_limit):
             if routes["forward"] == _FFT:
                 y = self._fft_forward(spec, x, saved, keep if weight_grad else None)

@@ -367,3 +367,27 @@ def test_ddp_two_processes_match_one_process_on_the_whole_batch(tmp_path):
     for k, v in model.state_dict().items():
         assert not torch.equal(v, start[k])  # the steps moved every parameter
         assert rel(ddp_state[k], v) <= 1e-12, k
+
+
+@pytest.mark.parametrize(
+    "routes", list(itertools.product(("torch", "fft", "direct"), repeat=3)), ids="-".join
+)
+def test_every_mix_of_pass_routes(routes):
+    """A plan may compute each pass differently (torch's kernel for one, fftbp for another):
+    what forward keeps must serve whichever gradient routes follow."""
+    from fftbp._params import ConvSpec
+    from fftbp.planning.plan import Choice, Plan
+    from fftbp.planning.routes import Route
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 4, 13, 12, dtype=torch.float64)
+    spec = ConvSpec.from_shapes(x.shape, (6, 2, 5, 4), 1, "same", 1, 2, "float64")
+    plan = Plan(spec, "test", *(Choice(Route(r), 0.0, 0) for r in routes))
+    ours = Conv2d(4, 6, (5, 4), padding="same", groups=2, dtype=torch.float64, method=plan)
+    native = torch.nn.Conv2d(4, 6, (5, 4), padding="same", groups=2, dtype=torch.float64)
+    native.load_state_dict(ours.state_dict())
+    y, grads, g = step(ours, x)
+    y_ref, grads_ref, _ = step(native, x, g)
+    assert rel(y, y_ref) <= 1e-12
+    for a, b in zip(grads, grads_ref):
+        assert rel(a, b) <= 1e-12

@@ -24,6 +24,6 @@ except ImportError as e:  # pragma: no cover - exercised only without torch
     ) from e
 
 from fftbp.torch._convert import ConvertReport, LayerReport, convert
-from fftbp.torch._modules import Conv1d, Conv2d, Conv3d
+from fftbp.torch._modules import Conv1d, Conv2d, Conv3d, adopt
 
-__all__ = ["Conv1d", "Conv2d", "Conv3d", "ConvertReport", "LayerReport", "convert"]
+__all__ = ["Conv1d", "Conv2d", "Conv3d", "ConvertReport", "LayerReport", "adopt", "convert"]

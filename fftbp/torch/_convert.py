@@ -23,15 +23,10 @@ from fftbp._config import best_of_rounds
 from fftbp._params import ConvSpec
 from fftbp.planning.cost import PASSES, torch_cost_of
 from fftbp.planning.plan import constants, describe_spec, plan_for_spec
-from fftbp.torch._modules import Conv1d, Conv2d, Conv3d
+from fftbp.torch._modules import _FFTBP_CLASS as _SWAP
+from fftbp.torch._modules import adopt
 
 __all__ = ["ConvertReport", "LayerReport", "convert"]
-
-_SWAP: dict[type[nn.Module], type[nn.Module]] = {
-    nn.Conv1d: Conv1d,
-    nn.Conv2d: Conv2d,
-    nn.Conv3d: Conv3d,
-}
 
 
 @dataclass(frozen=True)
@@ -129,9 +124,7 @@ def convert(
             continue
         report = _decide(name, mod, seen.get(name), min_speedup, measure)
         if report.converted:
-            mod.__class__ = _SWAP[type(mod)]
-            mod.method = "auto"
-            mod._engines = {}
+            adopt(mod)
         reports.append(report)
     return target, ConvertReport(tuple(reports), float(min_speedup), measure)
 
@@ -208,9 +201,7 @@ def _decide(name: str, mod: nn.Module, seen: Any, min_speedup: float, measure: b
 def _measure(mod: nn.Module, shape: tuple[int, ...], dtype: torch.dtype, x_grad: bool) -> float:
     """Measured speedup of the converted layer over the native one (one training step)."""
     native = copy.deepcopy(mod)
-    ours = copy.deepcopy(mod)
-    ours.__class__ = _SWAP[type(mod)]
-    ours.method, ours._engines = "auto", {}
+    ours = adopt(copy.deepcopy(mod))
     x = torch.randn(shape, dtype=dtype).requires_grad_(x_grad)
     g = None
 

@@ -26,8 +26,9 @@ import torch
 from torch import nn
 from torch.autograd.function import once_differentiable
 
+from fftbp._params import ConvSpec
 from fftbp.api import Conv, Method
-from fftbp.planning.plan import check_method
+from fftbp.planning.plan import check_method, plan_for_spec
 
 __all__ = ["Conv1d", "Conv2d", "Conv3d"]
 
@@ -43,9 +44,12 @@ class _Engine(Conv):
     """An :class:`fftbp.Conv` whose weight is a view of a torch parameter's memory.
 
     The weight spectrum is remade when the weight's content changes: :class:`fftbp.Conv`
-    compares it with a snapshot at every forward pass, which also catches writes through
-    ``.data`` that torch's version counter does not see.
+    compares it with a snapshot at every forward pass that uses it, which also catches writes
+    through ``.data`` that torch's version counter does not see. In-place changes between
+    forward and backward are torch's to detect (``save_for_backward``).
     """
+
+    _snapshot_always = False
 
     def __init__(self, stride: Any, padding: Any, dilation: Any, groups: int, method: Method):
         check_method(method)
@@ -144,6 +148,7 @@ class _FFTBPConv(nn.Module):
         check_method(method)
         self.method = method
         self._engines: dict[str, _Engine] = {}
+        self._all_native: dict[tuple[Any, ...], bool] = {}
 
     def _engine(self, padding: Any) -> _Engine:
         key = repr(padding)
@@ -158,6 +163,7 @@ class _FFTBPConv(nn.Module):
     ) -> torch.Tensor:
         if not _supported(input, weight):
             return super()._conv_forward(input, weight, bias)  # documented: torch computes it
+        original = input
         padding: Any = self.padding
         if self.padding_mode != "zeros":
             input = nn.functional.pad(
@@ -167,11 +173,37 @@ class _FFTBPConv(nn.Module):
         unbatched = input.dim() == self._nd + 1
         if unbatched:
             input = input.unsqueeze(0)
+        engine = self._engine(padding)
+        if self._plans_all_native(engine, input, weight):
+            # every pass by torch: torch's own module, without any detour
+            return super()._conv_forward(original, weight, bias)
         grad = torch.is_grad_enabled() and (
             input.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad)
         )
-        y = _ConvFunction.apply(input, weight, bias, self._engine(padding), grad)
+        y = _ConvFunction.apply(input, weight, bias, engine, grad)
         return y.squeeze(0) if unbatched else y
+
+    def _plans_all_native(self, engine: _Engine, x: torch.Tensor, w: torch.Tensor) -> bool:
+        """Whether ``method="auto"`` plans every pass of this call by torch."""
+        if self.method != "auto":
+            return False
+        key = (tuple(x.shape), tuple(w.shape), x.dtype, repr(engine.padding))
+        hit = self._all_native.get(key)
+        if hit is None:
+            spec = ConvSpec.from_shapes(
+                key[0],
+                key[1],
+                self.stride,
+                engine.padding,
+                self.dilation,
+                self.groups,
+                str(x.dtype).removeprefix("torch."),
+            )
+            p = plan_for_spec(spec, reuse=True, native=True)
+            hit = self._all_native[key] = all(
+                p.choice(q).route.base == "torch" for q in ("forward", "input_grad", "weight_grad")
+            )
+        return hit
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", method={self.method!r}"
@@ -180,7 +212,23 @@ class _FFTBPConv(nn.Module):
         """Pickle and deepcopy without the engines (numpy views of the weight, a lock)."""
         state = dict(self.__dict__)
         state["_engines"] = {}
+        state["_all_native"] = {}
         return state
+
+
+def adopt(module: nn.Module, method: Method = "auto") -> nn.Module:
+    """Turn a plain ``nn.Conv{1,2,3}d`` into fftbp's class of the same dimension, in place:
+    parameters, buffers, hooks and attributes stay the same objects. Returns ``module``."""
+    cls = _FFTBP_CLASS.get(type(module))
+    if cls is None:
+        raise TypeError(
+            f"module: expected a torch.nn.Conv1d, Conv2d or Conv3d, got {type(module).__name__}"
+        )
+    check_method(method)
+    module.__class__ = cls
+    module.method = method
+    module._engines, module._all_native = {}, {}
+    return module
 
 
 def _supported(x: torch.Tensor, w: torch.Tensor) -> bool:
@@ -217,3 +265,10 @@ class Conv2d(_FFTBPConv, nn.Conv2d):
 class Conv3d(_FFTBPConv, nn.Conv3d):
     __doc__ = _DOC.format(name="Conv3d")
     _nd = 3
+
+
+_FFTBP_CLASS: dict[type[nn.Module], type[nn.Module]] = {
+    nn.Conv1d: Conv1d,
+    nn.Conv2d: Conv2d,
+    nn.Conv3d: Conv3d,
+}
