@@ -391,3 +391,15 @@ def test_every_mix_of_pass_routes(routes):
     assert rel(y, y_ref) <= 1e-12
     for a, b in zip(grads, grads_ref):
         assert rel(a, b) <= 1e-12
+
+
+def test_plan_with_native_candidate_explains_itself():
+    import fftbp
+
+    small = fftbp.plan((8, 64, 28, 28), (64, 64, 3, 3), padding=1, native=True)
+    large = fftbp.plan((4, 32, 56, 56), (32, 1, 31, 31), padding=15, groups=32, native=True)
+    assert all(small.choice(p).route.base == "torch" for p in ("forward", "weight_grad"))
+    assert large.choice("forward").route.algorithm == "fft"
+    assert "torch" in str(small) and "fft" in str(large)
+    with pytest.raises(ValueError, match="native: expected True or False, got 'yes'"):
+        fftbp.plan((1, 1, 8, 8), (1, 1, 3, 3), native="yes")

@@ -285,6 +285,7 @@ def plan(
     *,
     mode: str = "estimate",
     memory_limit: int | None = None,
+    native: bool = False,
 ) -> Plan:
     """Plan every pass of a layer. ``print()`` the result to see the choices and their costs.
 
@@ -297,6 +298,8 @@ def plan(
         decision is stored with FFTW wisdom, see :func:`fftbp.save_wisdom`)
     memory_limit : bytes of workspace allowed (default: the global workspace limit); routes
         whose peak workspace exceeds it are not chosen.
+    native : also consider PyTorch's own convolution for each pass (needs torch; this is how
+        :mod:`fftbp.torch` plans).
 
     Returns
     -------
@@ -315,7 +318,14 @@ def plan(
         input_name="input_shape",
         weight_name="weight_shape",
     )
-    return plan_for_spec(spec, mode=mode, memory_limit=memory_limit)
+    if not isinstance(native, bool):
+        raise ValueError(f"native: expected True or False, got {native!r}")
+    if native:
+        import importlib.util
+
+        if importlib.util.find_spec("torch") is None:
+            raise ImportError("native=True: PyTorch is not installed (pip install 'torch>=2.1')")
+    return plan_for_spec(spec, mode=mode, memory_limit=memory_limit, native=native)
 
 
 def _check_args(mode: Any, memory_limit: Any) -> None:
