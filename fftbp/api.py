@@ -22,7 +22,8 @@ from fftbp._params import (
 )
 from fftbp.kernels import fft as _fft
 from fftbp.kernels import fft_depthwise as _fdw
-from fftbp.planning.plan import Plan, check_method, resolve
+from fftbp.planning.errors import DataRange, dynamic_range
+from fftbp.planning.plan import Plan, candidate_routes, check_method, check_tol, resolve
 from fftbp.planning.routes import Route, run_forward, run_input_grad, run_weight_grad
 
 __all__ = ["Conv", "Grads", "conv", "conv_input_grad", "conv_weight_grad"]
@@ -54,6 +55,7 @@ def conv(
     groups: int = 1,
     *,
     method: Method = "auto",
+    tol: float | None = None,
 ) -> np.ndarray:
     """N-D convolution layer forward pass (cross-correlation), as ``torch.nn.functional.conv2d``.
 
@@ -68,6 +70,11 @@ def conv(
     groups : int dividing C and F (``groups == C`` is depthwise)
     method : ``'auto'`` (the planner's choice, :func:`fftbp.plan`), ``'fft'`` (whole maps),
         ``'fft_tiled'`` (overlap-save tiles), ``'direct'`` (im2col + GEMM), or a :class:`Plan`.
+    tol : accuracy target or None. Every output's error relative to the scale of its terms
+        (``|w| * |x|``; :mod:`fftbp.planning.errors`) must be predicted below it for these
+        operands (the model measures their dynamic range); ``'auto'`` then picks the fastest
+        algorithm that meets it (tiles, direct, or float64 transforms), and any other method
+        predicted above it raises ``ValueError``. The same for the gradient functions.
 
     Returns
     -------
@@ -78,7 +85,20 @@ def conv(
     spec = ConvSpec.from_shapes(x.shape, w.shape, stride, padding, dilation, groups, x.dtype)
     b = _bias(bias, spec.out_channels)
     check_same_dtype(input=x, weight=w, bias=b)
-    return resolve(method, spec).run("forward", spec, x, w, b)
+    dyn = _ranges(spec, "forward", x, tol=tol)
+    p = resolve(method, spec, tol=tol, dyn=dyn, passes=("forward",))
+    return p.run("forward", spec, x, w, b)
+
+
+def _ranges(
+    spec: ConvSpec, pass_: str, a: np.ndarray, b: np.ndarray | None = None, *, tol: Any
+) -> dict[str, DataRange] | None:
+    """The data's dynamic range for ``pass_`` (what ``tol=`` needs), or None without tol."""
+    check_tol(tol)
+    if tol is None:
+        return None
+    tiles = tuple(dict.fromkeys(r.tile for r in candidate_routes(spec) if r.tile and not r.prep))
+    return {pass_: dynamic_range(spec, pass_, a, b, tiles)}
 
 
 def _check_grad(grad_output: Any, spec: ConvSpec) -> np.ndarray:
@@ -97,6 +117,7 @@ def conv_input_grad(
     groups: int = 1,
     *,
     method: Method = "auto",
+    tol: float | None = None,
 ) -> np.ndarray:
     """Gradient of :func:`conv` with respect to its input (``torch.nn.grad.conv2d_input``).
 
@@ -110,7 +131,9 @@ def conv_input_grad(
     )
     g = _check_grad(grad_output, spec)
     check_same_dtype(weight=w, grad_output=g)
-    return resolve(method, spec).run("input_grad", spec, w, g)
+    dyn = _ranges(spec, "input_grad", g, tol=tol)
+    p = resolve(method, spec, tol=tol, dyn=dyn, passes=("input_grad",))
+    return p.run("input_grad", spec, w, g)
 
 
 def conv_weight_grad(
@@ -123,6 +146,7 @@ def conv_weight_grad(
     groups: int = 1,
     *,
     method: Method = "auto",
+    tol: float | None = None,
 ) -> np.ndarray:
     """Gradient of :func:`conv` with respect to its weight (``torch.nn.grad.conv2d_weight``)."""
     x = normalize_float_array("input", input)
@@ -132,7 +156,9 @@ def conv_weight_grad(
     )
     g = _check_grad(grad_output, spec)
     check_same_dtype(input=x, grad_output=g)
-    return resolve(method, spec).run("weight_grad", spec, x, g)
+    dyn = _ranges(spec, "weight_grad", x, g, tol=tol)
+    p = resolve(method, spec, tol=tol, dyn=dyn, passes=("weight_grad",))
+    return p.run("weight_grad", spec, x, g)
 
 
 def _shape_arg(name: str, value: Any, ndim: int) -> tuple[int, ...]:
@@ -184,10 +210,13 @@ class Conv:
         groups: int = 1,
         *,
         method: Method = "auto",
+        tol: float | None = None,
     ) -> None:
         check_method(method)
+        check_tol(tol)
         self.stride, self.padding, self.dilation, self.groups = stride, padding, dilation, groups
         self.method = method
+        self.tol = tol
         self._set_weight(weight, bias)
 
     # -- parameters ------------------------------------------------------------------------------
@@ -278,11 +307,18 @@ class Conv:
         """
         spec = self._spec_for(x)
         check_same_dtype(input=x, weight=self._weight, bias=self.bias)
-        plan = resolve(self.method, spec, reuse=True, native=native)
+        tol = self.tol
+        dyn = _ranges(spec, "forward", x, tol=tol)
+        plan = resolve(
+            self.method, spec, reuse=True, native=native, tol=tol, dyn=dyn, passes=("forward",)
+        )
         routes = {p: plan.choice(p).route for p in ("forward", "input_grad", "weight_grad")}
-        saved: dict[str, Any] = {"spec": spec, "plan": plan, "routes": routes}
-        # x itself is kept unless the weight gradient reuses Xf
-        keep_x = weight_grad and (routes["weight_grad"] != _FFT or routes["forward"] != _FFT)
+        saved: dict[str, Any] = {"spec": spec, "plan": plan, "routes": routes, "dyn": dyn}
+        # x itself is kept unless the weight gradient reuses Xf (with tol: always, since the
+        # gradients' routes are settled only once grad_output's range is known)
+        keep_x = weight_grad and (
+            routes["weight_grad"] != _FFT or routes["forward"] != _FFT or tol is not None
+        )
         if self._snapshot_always or _FFT in (routes["forward"], routes["input_grad"]):
             self._refresh_snapshot()
         with blas_single_threaded(), workspace_limit_override(plan.memory_limit):
@@ -346,8 +382,27 @@ class Conv:
             )
         nd = spec.nd
         gb = g.sum(axis=(0, *range(2, 2 + nd))) if self.bias is not None else None
+        if self.tol is not None:
+            self._replan_gradients(saved, g, input_grad, weight_grad)
         dx, dw = self._backward_step(saved, g, input_grad, weight_grad)
         return Grads(dx, dw, gb)
+
+    def _replan_gradients(
+        self, saved: dict[str, Any], g: np.ndarray, input_grad: bool, weight_grad: bool
+    ) -> None:
+        """With ``tol``: settle the gradients' routes on grad_output's dynamic range."""
+        spec: ConvSpec = saved["spec"]
+        dyn = dict(saved["dyn"] or {})
+        passes = []
+        if input_grad:
+            dyn.update(_ranges(spec, "input_grad", g, tol=self.tol) or {})
+            passes.append("input_grad")
+        if weight_grad:
+            dyn.update(_ranges(spec, "weight_grad", saved["x"], g, tol=self.tol) or {})
+            passes.append("weight_grad")
+        plan = resolve(self.method, spec, reuse=True, tol=self.tol, dyn=dyn, passes=tuple(passes))
+        for p in passes:
+            saved["routes"][p] = plan.choice(p).route
 
     def _backward_step(
         self, saved: dict[str, Any], g: np.ndarray, input_grad: bool, weight_grad: bool
@@ -400,5 +455,6 @@ class Conv:
         return (
             f"Conv(weight{self._weight.shape}, bias={'yes' if self.bias is not None else 'no'}, "
             f"stride={self.stride!r}, padding={self.padding!r}, dilation={self.dilation!r}, "
-            f"groups={self.groups!r}, method={self.method!r})"
+            f"groups={self.groups!r}, method={self.method!r}"
+            + (f", tol={self.tol!r})" if self.tol is not None else ")")
         )

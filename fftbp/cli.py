@@ -59,6 +59,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=("float32", "float64"), default="float32")
     p.add_argument("--mode", choices=("estimate", "measure"), default="estimate")
     p.add_argument("--memory-limit", type=int, default=None, help="bytes")
+    p.add_argument(
+        "--tol", type=float, default=None, help="accuracy target (each output vs its terms' scale)"
+    )
+    p.add_argument(
+        "--dynamic-range", type=float, default=1.0, help="the data's dynamic range tol assumes"
+    )
 
     x = sub.add_parser(
         "crossover",
@@ -115,6 +121,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 args.dtype,
                 mode=args.mode,
                 memory_limit=args.memory_limit,
+                tol=args.tol,
+                dynamic_range=args.dynamic_range,
             )
         except (ValueError, TypeError, MemoryError) as exc:
             print(f"fftbp plan: error: {exc}", file=sys.stderr)

@@ -11,6 +11,13 @@ import pytest
 from fftbp.cli import main
 
 
+def test_plan_with_tol_prints_the_errors(capsys):
+    args = ["plan", "--input", "2,4,64,64", "--weight", "4,4,31,31", "--padding", "same"]
+    assert main([*args, "--tol", "1e-4", "--dynamic-range", "1e6"]) == 0
+    out = capsys.readouterr().out
+    assert "tol=0.0001" in out and "tol excludes fft" in out and "error" in out
+
+
 def test_plan_prints_the_table(capsys):
     assert (
         main(["plan", "--input", "8,32,64,64", "--weight", "32,32,31,31", "--padding", "same"]) == 0
@@ -26,6 +33,22 @@ def test_plan_prints_the_table(capsys):
         (["plan", "--input", "8,a,64,64", "--weight", "32,32,3,3"], "expected integers"),
         (["plan", "--input", "1,1,8,8", "--weight", "1,1,3,3", "--mode", "fast"], "invalid choice"),
         (["plan", "--input", "1,1,8,8", "--weight", "1,1,3,3", "--stride", "0"], "stride:"),
+        (["plan", "--input", "1,1,8,8", "--weight", "1,1,3,3", "--tol", "2"], "tol: expected"),
+        (["plan", "--input", "1,1,8,8", "--weight", "1,1,3,3", "--tol", "x"], "invalid float"),
+        (
+            [
+                "plan",
+                "--input",
+                "1,1,8,8",
+                "--weight",
+                "1,1,3,3",
+                "--tol",
+                "1e-4",
+                "--dynamic-range",
+                "0",
+            ],
+            "dynamic_range: expected",
+        ),
         (["nope"], "invalid choice"),
         ([], "required"),
         (["crossover", "--kernels", "3,4"], "--kernels: expected odd sizes"),
@@ -41,6 +64,9 @@ def test_plan_prints_the_table(capsys):
         "not-int",
         "bad-mode",
         "bad-stride",
+        "bad-tol",
+        "tol-not-float",
+        "bad-dynamic-range",
         "bad-command",
         "no-command",
         "even-kernel",

@@ -12,7 +12,9 @@ its transforms 1.8x (FFTW measured).
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
+
+import numpy as np
 
 from fftbp._params import ConvSpec
 from fftbp.fft.sizes import fft_cost, transform_shape
@@ -173,6 +175,14 @@ def estimate(
 ) -> PassCost:
     """Estimated seconds and peak workspace bytes of ``pass_`` by ``route`` on ``spec``
     (``have``: spectra another pass already made, see :func:`_maps`)."""
+    if route.precision and spec.dtype.itemsize == 4:  # cast in, compute in float64, cast out
+        wide = estimate(
+            replace(route, precision=""), replace(spec, dtype=np.dtype(np.float64)), pass_, k, have
+        )
+        moved = 12 * (math.prod(spec.input_shape) + math.prod(spec.output_shape))
+        return PassCost(
+            wide.seconds + moved / k.copy_bytes, wide.bytes + moved, wide.min_bytes + moved
+        )
     chain = route.reductions(spec)
     inner = chain[-1].inner if chain else spec
     if route.base == "fft":

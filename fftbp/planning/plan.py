@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -37,6 +37,7 @@ from fftbp._params import ConvSpec, IntOrTuple, PaddingArg
 from fftbp.fft.sizes import fast_len, transform_shape
 from fftbp.planning import store
 from fftbp.planning.cost import PASSES, Constants, PassCost, estimate
+from fftbp.planning.errors import DataRange, route_error
 from fftbp.planning.routes import (
     Route,
     applicable_preps,
@@ -61,6 +62,8 @@ class Choice:
     bytes: int
     runner_up: tuple[Route, float] | None = None
     measured: bool = False
+    #: predicted error (``tol=``'s measure, :mod:`fftbp.planning.errors`), when planned with tol
+    error: float | None = None
 
 
 @dataclass(frozen=True)
@@ -76,6 +79,9 @@ class Plan:
     threads: int = 1
     #: measure mode: route label -> pass -> measured seconds, for every timed candidate
     timings: dict[str, dict[str, float]] = field(default_factory=dict, compare=False)
+    #: accuracy target the plan meets (``tol=``), and what it excluded to meet it
+    tol: float | None = None
+    notes: tuple[str, ...] = ()
 
     def choice(self, pass_: str) -> Choice:
         return getattr(self, f"{pass_}_choice")
@@ -127,10 +133,11 @@ class Plan:
         rows = [
             f"fftbp plan for {describe_spec(self.spec)}",
             f"mode={self.mode}, threads={self.threads}"
-            + (f", memory_limit={_fmt_bytes(self.memory_limit)}" if self.memory_limit else ""),
+            + (f", memory_limit={_fmt_bytes(self.memory_limit)}" if self.memory_limit else "")
+            + (f", tol={self.tol:g}" if self.tol is not None else ""),
             "",
             f"{'pass':<12} {'algorithm':<22} {'transform / tile':<24} {'time':>10} "
-            f"{'memory':>10}  runner-up",
+            f"{'memory':>10}" + (f" {'error':>9}" if self.tol is not None else "") + "  runner-up",
         ]
         for p in PASSES:
             c = self.choice(p)
@@ -140,9 +147,10 @@ class Plan:
                 if c.runner_up
                 else "-"
             )
+            err = f" {c.error:9.1e}" if self.tol is not None and c.error is not None else ""
             rows.append(
                 f"{p:<12} {c.route.label():<22} {_size(c.route, self.spec):<24} "
-                f"{_fmt_s(c.seconds):>10} {_fmt_bytes(c.bytes):>10}  {ru}"
+                f"{_fmt_s(c.seconds):>10} {_fmt_bytes(c.bytes):>10}{err}  {ru}"
             )
         total = sum(self.choice(p).seconds for p in PASSES)
         rows.append("")
@@ -150,6 +158,12 @@ class Plan:
             f"times are {'measured' if self.mode == 'measure' else 'estimated'}; "
             f"sum over passes {_fmt_s(total)}"
         )
+        if self.tol is not None:
+            rows.append(
+                f"error: predicted error of each output relative to its terms' scale "
+                f"(docs/results.md); every pass meets tol={self.tol:g}"
+            )
+        rows += list(self.notes)
         return "\n".join(rows)
 
     def __repr__(self) -> str:
@@ -163,6 +177,8 @@ def _make_plan(
     choices: dict[str, Choice],
     limit: int | None,
     timings: dict[str, dict[str, float]] | None = None,
+    tol: float | None = None,
+    notes: tuple[str, ...] = (),
 ) -> Plan:
     return Plan(
         spec,
@@ -173,6 +189,8 @@ def _make_plan(
         limit,
         get_num_threads(),
         timings or {},
+        tol,
+        notes,
     )
 
 
@@ -233,8 +251,9 @@ def _tiles(spec: ConvSpec) -> list[tuple[int, ...]]:
     return out
 
 
-def candidate_routes(spec: ConvSpec, native: bool = False) -> list[Route]:
-    """Every route the planner considers for ``spec`` (``native``: PyTorch's convolution too)."""
+def candidate_routes(spec: ConvSpec, native: bool = False, wide: bool = False) -> list[Route]:
+    """Every route the planner considers for ``spec`` (``native``: PyTorch's convolution too;
+    ``wide``: FFT routes computed in float64 for a float32 layer, an option under ``tol=``)."""
     routes = [Route("direct"), Route("fft")] + ([Route("torch")] if native else [])
     routes += [Route("fft", tile=t) for t in _tiles(spec)]
     for prep in applicable_preps(spec)[1:]:
@@ -243,6 +262,8 @@ def candidate_routes(spec: ConvSpec, native: bool = False) -> list[Route]:
         routes += [Route("fft", prep, t) for t in _tiles(r.inner(spec))]
         if prep == "polyphase":  # strided im2col -> stride-1 shifted GEMMs (ResNet stem: 3x)
             routes.append(Route("direct", prep))
+    if wide and spec.dtype == np.float32:
+        routes += [replace(r, precision="float64") for r in routes if r.base == "fft"]
     return routes
 
 
@@ -286,6 +307,8 @@ def plan(
     mode: str = "estimate",
     memory_limit: int | None = None,
     native: bool = False,
+    tol: float | None = None,
+    dynamic_range: float = 1.0,
 ) -> Plan:
     """Plan every pass of a layer. ``print()`` the result to see the choices and their costs.
 
@@ -300,6 +323,13 @@ def plan(
         whose peak workspace exceeds it are not chosen.
     native : also consider PyTorch's own convolution for each pass (needs torch; this is how
         :mod:`fftbp.torch` plans).
+    tol : accuracy target, or None: every output's error relative to the scale of its terms
+        (:mod:`fftbp.planning.errors`). Routes the error model predicts above it are excluded
+        (float32 layers may then be computed with float64 transforms); ``ValueError`` if none
+        meets it.
+    dynamic_range : the data's dynamic range the error model assumes (ratio of the largest to
+        the smallest local magnitude in a map; >= 1). The functions measure it on their
+        operands instead.
 
     Returns
     -------
@@ -325,7 +355,32 @@ def plan(
 
         if importlib.util.find_spec("torch") is None:
             raise ImportError("native=True: PyTorch is not installed (pip install 'torch>=2.1')")
-    return plan_for_spec(spec, mode=mode, memory_limit=memory_limit, native=native)
+    check_tol(tol)
+    if (
+        isinstance(dynamic_range, bool)
+        or not isinstance(dynamic_range, (int, float, np.floating, np.integer))
+        or not dynamic_range >= 1
+    ):
+        raise ValueError(f"dynamic_range: expected a number >= 1, got {dynamic_range!r}")
+    dyn = None
+    if tol is not None:
+        d = DataRange(float(dynamic_range))
+        dyn = {p: d for p in PASSES}
+    p = plan_for_spec(spec, mode=mode, memory_limit=memory_limit, native=native, tol=tol, dyn=dyn)
+    check_accuracy(p, PASSES, tol, dyn)
+    return p
+
+
+def check_tol(tol: Any) -> None:
+    """``tol=`` must be None or a number in (0, 1)."""
+    if tol is None:
+        return
+    if (
+        isinstance(tol, bool)
+        or not isinstance(tol, (int, float, np.floating, np.integer))
+        or not 0 < tol < 1
+    ):
+        raise ValueError(f"tol: expected None or a number between 0 and 1, got {tol!r}")
 
 
 def _check_args(mode: Any, memory_limit: Any) -> None:
@@ -348,24 +403,31 @@ def plan_for_spec(
     memory_limit: int | None = None,
     reuse: bool = False,
     native: bool = False,
+    tol: float | None = None,
+    dyn: dict[str, DataRange] | None = None,
 ) -> Plan:
     """:func:`plan` for an already validated layer (cached per signature).
 
     ``reuse=True`` plans for a :class:`fftbp.Conv` training step, where passes computed by
     whole-map FFT share spectra (the gradients' FFT cost then omits what forward already made).
     ``native=True`` adds PyTorch's own convolution as a candidate (:mod:`fftbp.torch`).
+    ``tol`` excludes routes predicted above it on data of dynamic range ``dyn`` (per pass;
+    rounded up to decades, so plans are shared between similar data).
     """
     _check_args(mode, memory_limit)
-    key = (spec, mode, memory_limit, reuse, native, get_num_threads())
+    if tol is not None:
+        dyn = _rounded(dyn)
+    dkey = tuple(sorted((p, d.decade()) for p, d in dyn.items())) if dyn else None
+    key = (spec, mode, memory_limit, reuse, native, tol, dkey, get_num_threads())
     with _cache_lock:
         hit = _cache.get(key)
         if hit is not None:
             _cache.move_to_end(key)
             return hit
     p = (
-        _measure(spec, memory_limit, reuse, native)
+        _measure(spec, memory_limit, reuse, native, tol, dyn)
         if mode == "measure"
-        else _estimate(spec, memory_limit, reuse, native)
+        else _estimate(spec, memory_limit, reuse, native, tol, dyn)
     )
     with _cache_lock:
         _cache[key] = p
@@ -407,25 +469,110 @@ def _pick(
     return (route, sec, nbytes), runner
 
 
-def _estimate(spec: ConvSpec, limit: int | None, reuse: bool, native: bool = False) -> Plan:
+def _rounded(dyn: dict[str, DataRange] | None) -> dict[str, DataRange]:
+    """Ranges rounded up to whole decades (what the plan cache keys on)."""
+    out = {}
+    for p in PASSES:
+        d = (dyn or {}).get(p, DataRange())
+        whole, tiles = d.decade()
+        out[p] = DataRange(10.0**whole, tuple((t, 10.0**v) for t, v in tiles))
+    return out
+
+
+def _accurate(
+    routes: list[Route],
+    spec: ConvSpec,
+    pass_: str,
+    tol: float | None,
+    dyn: dict[str, DataRange] | None,
+) -> tuple[list[tuple[Route, float | None]], list[str]]:
+    """The routes predicted to meet ``tol`` with their predicted errors, and notes on the
+    excluded ones. If none meets it: the most accurate one (:func:`resolve` refuses to run it)."""
+    if tol is None:
+        return [(r, None) for r in routes], []
+    d = (dyn or {}).get(pass_, DataRange())
+    errs = [(r, route_error(r, spec, pass_, d)) for r in routes]
+    ok = [(r, e) for r, e in errs if e <= tol]
+    if not ok:
+        best = min(errs, key=lambda re: re[1])
+        return [best], [
+            f"{pass_}: no algorithm is predicted to meet tol={tol:g} on data of dynamic range "
+            f"{d.whole:.0e}; the most accurate is {best[0].label()} ({best[1]:.1e})"
+        ]
+    out: dict[str, float] = {}
+    for r, e in errs:
+        if e > tol and r.label() not in out:
+            out[r.label()] = e
+    notes = (
+        [f"{pass_}: tol excludes " + ", ".join(f"{k} ({v:.1e})" for k, v in out.items())]
+        if out
+        else []
+    )
+    return ok, notes
+
+
+def check_accuracy(plan: Plan, passes: tuple[str, ...], tol: float | None, dyn: Any) -> None:
+    """``ValueError`` if a pass of ``plan`` is predicted above ``tol`` on data of range ``dyn``."""
+    if tol is None:
+        return
+    for p in passes:
+        c = plan.choice(p)
+        d = (dyn or {}).get(p, DataRange())
+        err = route_error(c.route, plan.spec, p, d)
+        if err > tol:
+            raise ValueError(
+                f"tol: the {p} pass by {c.route.label()} is predicted at {err:.1e} on this data "
+                f"(dynamic range {d.whole:.0e}), above tol={tol:g}; "
+                + (
+                    "no algorithm meets it (use float64 operands or a looser tol)"
+                    if plan.tol is not None
+                    else "use method='auto' to let the planner choose one that does"
+                )
+            )
+
+
+def _estimate(
+    spec: ConvSpec,
+    limit: int | None,
+    reuse: bool,
+    native: bool = False,
+    tol: float | None = None,
+    dyn: dict[str, DataRange] | None = None,
+) -> Plan:
     k = constants()
-    routes = candidate_routes(spec, native)
+    routes = candidate_routes(spec, native, wide=tol is not None)
     chosen: dict[str, Route] = {}
     choices: dict[str, Choice] = {}
+    notes: list[str] = []
     for pass_ in PASSES:
+        ok, why = _accurate(routes, spec, pass_, tol, dyn)
+        notes += why
         costs = []
-        for r in routes:
+        errors = {}
+        for r, err in ok:
             have = _have(pass_, chosen, reuse) if r == Route("fft") else frozenset()
             c = estimate(r, spec, pass_, k, have)
             costs.append((r, c.seconds, c))
+            errors[r] = err
         (route, sec, nbytes), runner = _pick(costs, limit, spec, pass_)
         chosen[pass_] = route
-        choices[pass_] = Choice(route, sec, nbytes, runner)
-    return _make_plan(spec, "estimate", choices, limit)
+        choices[pass_] = Choice(route, sec, nbytes, runner, error=errors[route])
+    return _make_plan(spec, "estimate", choices, limit, tol=tol, notes=tuple(notes))
 
 
-def decision_key(spec: ConvSpec, limit: int | None, reuse: bool, native: bool = False) -> str:
+def decision_key(
+    spec: ConvSpec,
+    limit: int | None,
+    reuse: bool,
+    native: bool = False,
+    tol: float | None = None,
+    dyn: dict[str, DataRange] | None = None,
+) -> str:
     key = f"{describe_spec(spec)}|limit={limit}|reuse={reuse}|threads={get_num_threads()}"
+    if tol is not None:
+        key += f"|tol={tol:g}|range=" + ",".join(
+            f"{p}:{d.decade()}" for p, d in sorted((dyn or {}).items())
+        )
     return key + ("|native" if native else "")
 
 
@@ -448,13 +595,20 @@ def time_routes(
     return best_of_rounds(calls, rounds)
 
 
-def _measure(spec: ConvSpec, limit: int | None, reuse: bool, native: bool = False) -> Plan:
-    est = _estimate(spec, limit, reuse, native)
-    key = decision_key(spec, limit, reuse, native)
+def _measure(
+    spec: ConvSpec,
+    limit: int | None,
+    reuse: bool,
+    native: bool = False,
+    tol: float | None = None,
+    dyn: dict[str, DataRange] | None = None,
+) -> Plan:
+    est = _estimate(spec, limit, reuse, native, tol, dyn)
+    key = decision_key(spec, limit, reuse, native, tol, dyn)
     stored = store.get_decision(key)
     if stored is not None:
         try:
-            return _plan_from_stored(spec, limit, stored)
+            return _plan_from_stored(spec, limit, stored, tol, est.notes)
         except (KeyError, TypeError, ValueError):
             pass  # a malformed entry is re-measured and overwritten
     k = constants()
@@ -470,7 +624,11 @@ def _measure(spec: ConvSpec, limit: int | None, reuse: bool, native: bool = Fals
         for pass_ in PASSES:
             best_est = est.choice(pass_).seconds
             cands = []
-            for r in candidate_routes(spec, native):
+            ok, _ = _accurate(
+                candidate_routes(spec, native, tol is not None), spec, pass_, tol, dyn
+            )
+            errors = dict(ok)
+            for r, _err in ok:
                 c = estimate(r, spec, pass_, k)
                 if c.seconds <= MEASURE_WINDOW * best_est and (
                     limit is None or c.min_bytes <= limit
@@ -482,7 +640,7 @@ def _measure(spec: ConvSpec, limit: int | None, reuse: bool, native: bool = Fals
                 timings.setdefault(_route_key(r), {})[pass_] = t
                 costs.append((r, t, c))
             (route, sec, nbytes), runner = _pick(costs, limit, spec, pass_)
-            choices[pass_] = Choice(route, sec, nbytes, runner, measured=True)
+            choices[pass_] = Choice(route, sec, nbytes, runner, True, errors[route])
     store.put_decision(
         key,
         {
@@ -491,27 +649,40 @@ def _measure(spec: ConvSpec, limit: int | None, reuse: bool, native: bool = Fals
                 "seconds": c.seconds,
                 "bytes": c.bytes,
                 "runner_up": [c.runner_up[0].to_json(), c.runner_up[1]] if c.runner_up else None,
+                "error": c.error,
             }
             for p, c in choices.items()
         },
     )
-    return _make_plan(spec, "measure", choices, limit, timings)
+    return _make_plan(spec, "measure", choices, limit, timings, tol, est.notes)
 
 
 def _route_key(r: Route) -> str:
     return r.label() + (f" {'x'.join(map(str, r.tile))}" if r.tile else "")
 
 
-def _plan_from_stored(spec: ConvSpec, limit: int | None, stored: dict[str, Any]) -> Plan:
+def _plan_from_stored(
+    spec: ConvSpec,
+    limit: int | None,
+    stored: dict[str, Any],
+    tol: float | None = None,
+    notes: tuple[str, ...] = (),
+) -> Plan:
     choices = {}
     for p in PASSES:
         d = stored[p]
         ru = d.get("runner_up")
         runner = (Route.from_json(ru[0]), float(ru[1])) if ru else None
+        err = d.get("error")
         choices[p] = Choice(
-            Route.from_json(d["route"]), float(d["seconds"]), int(d["bytes"]), runner, True
+            Route.from_json(d["route"]),
+            float(d["seconds"]),
+            int(d["bytes"]),
+            runner,
+            True,
+            None if err is None else float(err),
         )
-    return _make_plan(spec, "measure", choices, limit)
+    return _make_plan(spec, "measure", choices, limit, tol=tol, notes=notes)
 
 
 METHOD_NAMES = ("auto", "fft", "fft_tiled", "direct")
@@ -560,17 +731,32 @@ def check_method(method: Any) -> None:
         )
 
 
-def resolve(method: Any, spec: ConvSpec, *, reuse: bool = False, native: bool = False) -> Plan:
+def resolve(
+    method: Any,
+    spec: ConvSpec,
+    *,
+    reuse: bool = False,
+    native: bool = False,
+    tol: float | None = None,
+    dyn: dict[str, DataRange] | None = None,
+    passes: tuple[str, ...] = PASSES,
+) -> Plan:
     """The plan behind a ``method=`` argument: a :class:`Plan`, ``"auto"`` or an algorithm
-    (``native``: ``"auto"`` may choose PyTorch's convolution too)."""
+    (``native``: ``"auto"`` may choose PyTorch's convolution too). With ``tol``, ``"auto"``
+    plans for it, and any plan whose route for one of ``passes`` is predicted above it on
+    data of range ``dyn`` is refused with a ``ValueError``."""
     check_method(method)
+    check_tol(tol)
     if isinstance(method, Plan):
         if method.spec != spec:
             raise ValueError(
                 f"method: the plan was made for {describe_spec(method.spec)}, "
                 f"got a call for {describe_spec(spec)}"
             )
-        return method
-    if method == "auto":
-        return plan_for_spec(spec, reuse=reuse, native=native)
-    return forced_plan(spec, method)
+        p = method
+    elif method == "auto":
+        p = plan_for_spec(spec, reuse=reuse, native=native, tol=tol, dyn=dyn)
+    else:
+        p = forced_plan(spec, method)
+    check_accuracy(p, passes, tol, dyn)
+    return p

@@ -9,7 +9,7 @@ serialisable, so measured decisions can be stored.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import Any
 
@@ -36,6 +36,8 @@ class Route:
     base: str
     prep: str = ""
     tile: tuple[int, ...] | None = None
+    #: ``"float64"``: a float32 layer computed in float64 (cast in and out), for ``tol=``
+    precision: str = ""
 
     @property
     def algorithm(self) -> str:
@@ -47,6 +49,8 @@ class Route:
         name = self.algorithm
         if self.prep:
             name += f"+{self.prep}"
+        if self.precision:
+            name += "+f64"
         return name
 
     def reductions(self, spec: ConvSpec) -> list[Reduction]:
@@ -62,18 +66,20 @@ class Route:
             "base": self.base,
             "prep": self.prep,
             "tile": list(self.tile) if self.tile else None,
+            "precision": self.precision,
         }
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Route:
         base, prep, tile = d["base"], d.get("prep", ""), d.get("tile")
-        if base not in BASES or prep not in PREPS:
-            raise ValueError(f"route: unknown base {base!r} or prep {prep!r}")
+        precision = d.get("precision", "")
+        if base not in BASES or prep not in PREPS or precision not in ("", "float64"):
+            raise ValueError(f"route: unknown base {base!r}, prep {prep!r} or {precision!r}")
         if tile is not None and (
             not isinstance(tile, list) or not all(isinstance(t, int) and t > 0 for t in tile)
         ):
             raise ValueError(f"route: bad tile {tile!r}")
-        return cls(base, prep, tuple(tile) if tile else None)
+        return cls(base, prep, tuple(tile) if tile else None, precision)
 
 
 @lru_cache(maxsize=2048)
@@ -153,9 +159,22 @@ def _apply_out(chain: list[Reduction], attr: str, a: np.ndarray) -> np.ndarray:
     return a
 
 
+def _promoted(route: Route, spec: ConvSpec) -> tuple[Route, ConvSpec] | None:
+    """For a float64-precision route on a float32 layer: the plain route and float64 layer."""
+    if not route.precision or spec.dtype == np.float64:
+        return None
+    return replace(route, precision=""), replace(spec, dtype=np.dtype(np.float64))
+
+
+def _f64(*arrays: np.ndarray | None) -> list[np.ndarray | None]:
+    return [None if a is None else a.astype(np.float64) for a in arrays]
+
+
 def run_forward(
     route: Route, spec: ConvSpec, x: np.ndarray, w: np.ndarray, b: np.ndarray | None
 ) -> np.ndarray:
+    if (p := _promoted(route, spec)) is not None:
+        return run_forward(p[0], p[1], *_f64(x, w, b)).astype(spec.dtype)
     chain = route.reductions(spec)
     inner = chain[-1].inner if chain else spec
     xi, wi = _apply_in(chain, "x_in", x), _apply_in(chain, "w_in", w)
@@ -163,6 +182,8 @@ def run_forward(
 
 
 def run_input_grad(route: Route, spec: ConvSpec, w: np.ndarray, g: np.ndarray) -> np.ndarray:
+    if (p := _promoted(route, spec)) is not None:
+        return run_input_grad(p[0], p[1], *_f64(w, g)).astype(spec.dtype)
     chain = route.reductions(spec)
     inner = chain[-1].inner if chain else spec
     wi, gi = _apply_in(chain, "w_in", w), _apply_in(chain, "g_in", g)
@@ -170,6 +191,8 @@ def run_input_grad(route: Route, spec: ConvSpec, w: np.ndarray, g: np.ndarray) -
 
 
 def run_weight_grad(route: Route, spec: ConvSpec, x: np.ndarray, g: np.ndarray) -> np.ndarray:
+    if (p := _promoted(route, spec)) is not None:
+        return run_weight_grad(p[0], p[1], *_f64(x, g)).astype(spec.dtype)
     chain = route.reductions(spec)
     inner = chain[-1].inner if chain else spec
     xi, gi = _apply_in(chain, "x_in", x), _apply_in(chain, "g_in", g)

@@ -33,6 +33,8 @@ import numpy as np
 import fftbp
 from fftbp._params import ConvSpec
 from fftbp.fft.sizes import transform_shape
+from fftbp.planning.errors import dynamic_range, route_error
+from fftbp.planning.plan import candidate_routes, resolve
 from fftbp.testing import reference_conv, reference_input_grad, reference_weight_grad
 
 __all__ = ["C_MODEL", "DISTRIBUTIONS", "Study", "bound", "run", "write"]
@@ -85,14 +87,48 @@ class Study:
     rows: list[dict[str, Any]] = field(default_factory=list)
 
 
-def _errors(actual: np.ndarray, exact: np.ndarray) -> tuple[float, float]:
+TOL = 1e-4  #: the accuracy target the study's "tol" rows ask the planner for
+
+
+def _errors(actual: np.ndarray, exact: np.ndarray, scale: np.ndarray) -> tuple[float, ...]:
+    """Relative L2 error, the worst error of an output relative to its own magnitude (outputs
+    above 1e-12 of the largest), and the worst error relative to the scale of the output's
+    terms (``tol``'s measure, :mod:`fftbp.planning.errors`; outputs of non-zero scale)."""
     a, e = actual.astype(np.float64), exact
+    diff = np.abs(a - e)
     rel_l2 = float(np.linalg.norm(a - e) / max(np.linalg.norm(e), 1e-300))
-    # worst error of an output relative to its own magnitude, over outputs not near zero
-    # (|exact| above 1e-12 of the largest output: smaller ones are zero up to rounding)
     mask = np.abs(e) > 1e-12 * np.abs(e).max()
-    worst = float(np.max(np.abs(a - e)[mask] / np.abs(e)[mask])) if mask.any() else 0.0
-    return rel_l2, worst
+    worst = float(np.max(diff[mask] / np.abs(e)[mask])) if mask.any() else 0.0
+    nz = scale > 0
+    scaled = float(np.max(diff[nz] / scale[nz])) if nz.any() else 0.0
+    return rel_l2, worst, scaled
+
+
+def _passes(m: Any, x: np.ndarray, w: np.ndarray, g: np.ndarray, tol: float | None = None):
+    return {
+        "forward": fftbp.conv(x, w, padding="same", method=m, tol=tol),
+        "input_grad": fftbp.conv_input_grad(x.shape, w, g, padding="same", method=m, tol=tol),
+        "weight_grad": fftbp.conv_weight_grad(x, w.shape, g, padding="same", method=m, tol=tol),
+    }
+
+
+def _predicted(spec: ConvSpec, method: str, x: np.ndarray, g: np.ndarray) -> dict[str, Any]:
+    """Per pass: (route, predicted error) for ``method`` on these operands; ``method`` "tol"
+    is the planner's choice under ``tol=TOL``."""
+    out = {}
+    for pass_ in PASSES:
+        a, b = {"forward": (x, None), "input_grad": (g, None), "weight_grad": (x, g)}[pass_]
+        tiles = tuple(
+            dict.fromkeys(r.tile for r in candidate_routes(spec) if r.tile and not r.prep)
+        )
+        dyn = {pass_: dynamic_range(spec, pass_, a, b, tiles)}
+        if method == "tol":
+            p = resolve("auto", spec, tol=TOL, dyn=dyn, passes=(pass_,))
+        else:
+            p = resolve(method, spec)
+        route = p.choice(pass_).route
+        out[pass_] = (route, route_error(route, spec, pass_, dyn[pass_]))
+    return out
 
 
 def run(st: Study) -> Study:
@@ -110,31 +146,29 @@ def run(st: Study) -> Study:
                 g64 = sample(dist, spec64.output_shape, rng)
                 for dt in st.dtypes:
                     x, w, g = (a.astype(dt) for a in (x64, w64, g64))
-                    # the exact results of the operands as rounded to dt
+                    # the exact results of the operands as rounded to dt, and their scales
                     xe, we, ge = (a.astype(np.float64) for a in (x, w, g))
+                    ax, aw, ag = np.abs(xe), np.abs(we), np.abs(ge)
                     exact = {
                         "forward": reference_conv(xe, we, padding="same"),
                         "input_grad": reference_input_grad(xe.shape, we, ge, padding="same"),
                         "weight_grad": reference_weight_grad(xe, we.shape, ge, padding="same"),
                     }
+                    scale = {
+                        "forward": reference_conv(ax, aw, padding="same"),
+                        "input_grad": reference_input_grad(ax.shape, aw, ag, padding="same"),
+                        "weight_grad": reference_weight_grad(ax, aw.shape, ag, padding="same"),
+                    }
                     spec = ConvSpec.from_shapes(shape, wshape, padding="same", dtype=dt)
-                    methods = ["fft", "direct"]
-                    if any(
-                        r.algorithm == "fft_tiled" for r in fftbp.planning.candidate_routes(spec)
-                    ):
+                    methods = ["fft", "direct", "tol"]
+                    if any(r.algorithm == "fft_tiled" for r in candidate_routes(spec)):
                         methods.insert(1, "fft_tiled")
                     for m in methods:
-                        got = {
-                            "forward": fftbp.conv(x, w, padding="same", method=m),
-                            "input_grad": fftbp.conv_input_grad(
-                                x.shape, w, g, padding="same", method=m
-                            ),
-                            "weight_grad": fftbp.conv_weight_grad(
-                                x, w.shape, g, padding="same", method=m
-                            ),
-                        }
+                        pred = _predicted(spec, m, x, g)
+                        got = _passes("auto", x, w, g, TOL) if m == "tol" else _passes(m, x, w, g)
                         for pass_ in PASSES:
-                            rel, worst = _errors(got[pass_], exact[pass_])
+                            rel, worst, scaled = _errors(got[pass_], exact[pass_], scale[pass_])
+                            route, predicted = pred[pass_]
                             st.rows.append(
                                 dict(
                                     size=size,
@@ -143,9 +177,12 @@ def run(st: Study) -> Study:
                                     dtype=dt,
                                     method=m,
                                     pass_=pass_,
-                                    transform=math.prod(transform_shape(spec)),
+                                    route=route.label(),
+                                    transform=math.prod(transform_shape(route.inner(spec))),
                                     rel_l2=rel,
                                     worst_rel=worst,
+                                    scaled=scaled,
+                                    predicted=predicted,
                                     bound=bound(spec, pass_),
                                 )
                             )
@@ -155,23 +192,52 @@ def run(st: Study) -> Study:
 def format_table(st: Study) -> str:
     lines = [
         f"{'size':>4} {'k':>3} {'distribution':<14} {'dtype':<8} {'method':<10} {'pass':<12}"
-        f" {'rel L2':>9} {'bound':>9} {'worst rel':>10}"
+        f" {'rel L2':>9} {'L2 bound':>9} {'worst rel':>10} {'scale-rel':>10} {'predicted':>10}"
+        "  route"
     ]
     for r in st.rows:
-        flag = " !" if r["method"] == "fft" and r["rel_l2"] > r["bound"] else ""
+        flag = " !L2" if r["method"] == "fft" and r["rel_l2"] > r["bound"] else ""
+        flag += " !model" if r["scaled"] > r["predicted"] else ""
         lines.append(
             f"{r['size']:4d} {r['kernel']:3d} {r['distribution']:<14} {r['dtype']:<8} "
             f"{r['method']:<10} {r['pass_']:<12} {r['rel_l2']:9.2e} {r['bound']:9.2e} "
-            f"{r['worst_rel']:10.2e}{flag}"
+            f"{r['worst_rel']:10.2e} {r['scaled']:10.2e} {r['predicted']:10.2e}  "
+            f"{r['route']}{flag}"
         )
+    lines.append("")
+    lines.append(summary(st))
+    return "\n".join(lines)
+
+
+def summary(st: Study) -> str:
+    """The study's findings: the L2 bound, the per-output model, and what ``tol`` chose."""
     fft = [r for r in st.rows if r["method"] == "fft"]
     over = [r for r in fft if r["rel_l2"] > r["bound"]]
-    lines.append("")
-    lines.append(
-        f"FFT rows within the model's bound: {len(fft) - len(over)} of {len(fft)}"
-        + ("" if not over else "  (rows over it are marked '!')")
-    )
-    return "\n".join(lines)
+    model_over = [r for r in st.rows if r["scaled"] > r["predicted"]]
+    out = [
+        f"FFT rows within the L2 bound: {len(fft) - len(over)} of {len(fft)}"
+        + ("" if not over else "  (rows over it are marked '!L2')"),
+        f"rows within the error model's prediction (scale-relative, every method): "
+        f"{len(st.rows) - len(model_over)} of {len(st.rows)}"
+        + ("" if not model_over else "  (rows over it are marked '!model')"),
+    ]
+    tol_rows = [r for r in st.rows if r["method"] == "tol"]
+    met = [r for r in tol_rows if r["scaled"] <= TOL]
+    out.append(f"tol={TOL:g}: met (measured) on {len(met)} of {len(tol_rows)} passes")
+    for r in tol_rows:
+        if r["distribution"] != "dynamic_range" or r["dtype"] != "float32":
+            continue
+        plain = next(
+            q
+            for q in fft
+            if all(q[k] == r[k] for k in ("size", "kernel", "distribution", "dtype", "pass_"))
+        )
+        out.append(
+            f"  dynamic range, float32, {r['size']}x{r['size']} k{r['kernel']} {r['pass_']}: "
+            f"plain fft {plain['scaled']:.1e} ({'fails' if plain['scaled'] > TOL else 'meets'}"
+            f" {TOL:g}); tol={TOL:g} chose {r['route']}: {r['scaled']:.1e}"
+        )
+    return "\n".join(out)
 
 
 def write(st: Study, out: Path, machine: dict[str, Any], plot: bool = True) -> list[Path]:

@@ -54,7 +54,7 @@ class _Engine(Conv):
     def __init__(self, stride: Any, padding: Any, dilation: Any, groups: int, method: Method):
         check_method(method)
         self.stride, self.padding, self.dilation, self.groups = stride, padding, dilation, groups
-        self.method = method
+        self.method, self.tol = method, None
         self._key: tuple[Any, ...] | None = None
         self._pool: list[dict[str, np.ndarray]] = []  # reusable buffers for kept spectra
         self.lock = threading.Lock()
