@@ -270,9 +270,32 @@ def _plot(st: Study, path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(st.dtypes), figsize=(7 * len(st.dtypes), 5))
-    axes = np.atleast_1d(axes)
-    markers = {"fft": "o", "fft_tiled": "s", "direct": "^"}
+    fig, grid = plt.subplots(2, len(st.dtypes), figsize=(7 * len(st.dtypes), 10), squeeze=False)
+    axes = grid[0]
+    markers = {"fft": "o", "fft_tiled": "s", "direct": "^", "tol": "x"}
+    for ax, dt in zip(grid[1], st.dtypes):
+        rows = [r for r in st.rows if r["dtype"] == dt]
+        for m in ("fft", "fft_tiled", "direct", "tol"):
+            sel = [r for r in rows if r["method"] == m]
+            if sel:
+                ax.scatter(
+                    [r["predicted"] for r in sel],
+                    [max(r["scaled"], 1e-18) for r in sel],
+                    marker=markers[m],
+                    label=m if m != "tol" else f"planner, tol={TOL:g}",
+                    alpha=0.6,
+                )
+        lo = min(min(r["predicted"] for r in rows), min(max(r["scaled"], 1e-18) for r in rows))
+        hi = max(max(r["predicted"] for r in rows), max(r["scaled"] for r in rows))
+        ax.plot([lo, hi], [lo, hi], "k--", label="measured = predicted")
+        ax.axhline(TOL, color="r", lw=0.8, label=f"target {TOL:g}")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("predicted error (model, with the data's measured dynamic range)")
+        ax.set_ylabel("measured error of the worst output, relative to its terms' scale")
+        ax.set_title(f"{dt}: per-output error model (tol's measure); below the line = bounded")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
     for ax, dt in zip(axes, st.dtypes):
         rows = [r for r in st.rows if r["dtype"] == dt]
         for m in ("fft", "fft_tiled", "direct"):
