@@ -237,6 +237,15 @@ class _Flat:
         ]
 
 
+def _piece(spec: ConvSpec, rows: int) -> int:
+    """Positions per piece so that ``rows`` rows of them stay in L2 while every kernel offset's
+    GEMM reads them (at least 2048: shorter GEMMs cost more in calls than they save). Without
+    pieces each offset streamed the operands from memory again: the weight gradient of 8
+    channels on 256x256 maps took 33 ms, in pieces 8-10 ms. (The forward kernel, tried the
+    same way, got slower: its accumulation already streams once per offset either way.)"""
+    return max(2048, (256 << 10) // (rows * spec.dtype.itemsize) // 16 * 16)
+
+
 def _shifted_forward(spec: ConvSpec, x: np.ndarray, w: np.ndarray) -> np.ndarray:
     geo = _Flat(spec)
     g, cg, fg = spec.groups, spec.in_channels // spec.groups, spec.out_channels // spec.groups
@@ -274,14 +283,18 @@ def _shifted_weight_grad(spec: ConvSpec, x: np.ndarray, g: np.ndarray) -> np.nda
     nk = len(geo.offsets)
     acc = [np.zeros((nk, gr, fg, cg), dtype=spec.dtype) for _ in range(get_num_threads())]
 
+    piece = _piece(spec, gr * (fg + cg))
+
     def body(slot: int, n: int, a: int, b: int) -> None:
         dw = acc[slot]
-        gb = gf[n, :, :, a:b]
         tmp = np.empty((gr, fg, cg), dtype=spec.dtype)
-        for i, off in enumerate(geo.offsets):
-            xs = xf[n, :, :, off + a : off + b]  # (g, Cg, m)
-            np.matmul(gb, xs.transpose(0, 2, 1), out=tmp)
-            dw[i] += tmp
+        for p0 in range(a, b, piece):
+            p1 = min(p0 + piece, b)
+            gb = gf[n, :, :, p0:p1]
+            for i, off in enumerate(geo.offsets):
+                xs = xf[n, :, :, off + p0 : off + p1]  # (g, Cg, m)
+                np.matmul(gb, xs.transpose(0, 2, 1), out=tmp)
+                dw[i] += tmp
 
     parallel_tasks(geo.tasks(), body)
     total = acc[0]
