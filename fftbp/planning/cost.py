@@ -49,6 +49,9 @@ class Constants:
     #: cost per extra batch entry a reduction creates (each tile is one): per-sample tasks and
     #: small transforms; fitted to tiled 3x3 layers (1568, 512, 288 tiles: 27-36 us each)
     tile_s: float = 30e-6
+    #: fixed cost per transformed map (placement, hand-off, FFTW call): it makes many small
+    #: transforms dearer than their points say (polyphase phases, 3D tiles)
+    map_s: float = 1.0e-6
     # PyTorch's native CPU convolution (torch 2.13.0+cpu, oneDNN; 2026-11-26, measured on
     # ResNet-18 and depthwise 3..51 layers, see docs/torch.md). Only fftbp.torch plans with it.
     #: dense layers, every pass (ResNet-18 3x3 layers: 76-208 GFLOP/s; taken at the top so the
@@ -107,8 +110,9 @@ def fft_cost_of(
     csize = 2 * spec.dtype.itemsize
     wbytes = f * cg * nfreq * csize
     per_sample = (c + f) * nfreq * csize
+    t_maps = (fwd + inv) * k.map_s if spec.nd > 1 else 0.0
     return PassCost(
-        t_fft + t_prod + t_copy + k.call_s, wbytes + n * per_sample, wbytes + per_sample
+        t_fft + t_prod + t_copy + t_maps + k.call_s, wbytes + n * per_sample, wbytes + per_sample
     )
 
 
@@ -137,7 +141,7 @@ def direct_cost_of(spec: ConvSpec, pass_: str, k: Constants) -> PassCost:
         if cg == 1:
             # one input channel per group: an elementwise multiply-add (or a matrix-vector
             # product) per kernel offset, bound by memory (~5 accesses per element)
-            moved = nk * n * outs * positions * 5 * item
+            moved = nk * n * outs * positions * 3 * item
             t = moved / k.copy_bytes
         elif pass_ == "weight_grad":
             # per offset a (Fg x m) @ (m x Cg) GEMM over pieces of m positions: thin GEMMs,
@@ -158,7 +162,8 @@ def direct_cost_of(spec: ConvSpec, pass_: str, k: Constants) -> PassCost:
         return PassCost(t, full, full)
     cols = n * math.prod(spec.out_size) * c * nk
     unfold = cols * item
-    t = spec.flops / k.direct_flops * (2.0 if f64 else 1.0) + unfold / k.direct_bytes + k.call_s
+    # the GEMM reads its unfolded operand from memory: about half the shifted kernels' rate
+    t = 2 * spec.flops / k.direct_flops * (2.0 if f64 else 1.0) + unfold / k.direct_bytes + k.call_s
     return PassCost(t, min(unfold, 128 << 20), unfold // (n * spec.out_size[0]))
 
 
