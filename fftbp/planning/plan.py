@@ -424,11 +424,8 @@ def plan_for_spec(
         if hit is not None:
             _cache.move_to_end(key)
             return hit
-    p = (
-        _measure(spec, memory_limit, reuse, native, tol, dyn)
-        if mode == "measure"
-        else _estimate(spec, memory_limit, reuse, native, tol, dyn)
-    )
+    ask = _Ask(memory_limit, reuse, native, tol, dyn)
+    p = _measure(spec, ask) if mode == "measure" else _estimate(spec, ask)
     with _cache_lock:
         _cache[key] = p
         while len(_cache) > _MAX_CACHED:
@@ -467,6 +464,30 @@ def _pick(
     if runner is None and len(fits) > 1:
         runner = (fits[1][0], fits[1][1])
     return (route, sec, nbytes), runner
+
+
+@dataclass(frozen=True)
+class _Ask:
+    """What a plan is made for besides the layer: workspace limit, Conv reuse, torch as a
+    candidate, accuracy target and the data's dynamic range per pass."""
+
+    limit: int | None = None
+    reuse: bool = False
+    native: bool = False
+    tol: float | None = None
+    dyn: dict[str, DataRange] | None = field(default=None, hash=False)
+
+    def key(self, spec: ConvSpec) -> str:
+        """The stored decision's key (with the thread count)."""
+        key = (
+            f"{describe_spec(spec)}|limit={self.limit}|reuse={self.reuse}"
+            f"|threads={get_num_threads()}"
+        )
+        if self.tol is not None:
+            key += f"|tol={self.tol:g}|range=" + ",".join(
+                f"{p}:{d.decade()}" for p, d in sorted((self.dyn or {}).items())
+            )
+        return key + ("|native" if self.native else "")
 
 
 def _rounded(dyn: dict[str, DataRange] | None) -> dict[str, DataRange]:
@@ -531,49 +552,26 @@ def check_accuracy(plan: Plan, passes: tuple[str, ...], tol: float | None, dyn: 
             )
 
 
-def _estimate(
-    spec: ConvSpec,
-    limit: int | None,
-    reuse: bool,
-    native: bool = False,
-    tol: float | None = None,
-    dyn: dict[str, DataRange] | None = None,
-) -> Plan:
+def _estimate(spec: ConvSpec, ask: _Ask) -> Plan:
     k = constants()
-    routes = candidate_routes(spec, native, wide=tol is not None)
+    routes = candidate_routes(spec, ask.native, wide=ask.tol is not None)
     chosen: dict[str, Route] = {}
     choices: dict[str, Choice] = {}
     notes: list[str] = []
     for pass_ in PASSES:
-        ok, why = _accurate(routes, spec, pass_, tol, dyn)
+        ok, why = _accurate(routes, spec, pass_, ask.tol, ask.dyn)
         notes += why
         costs = []
         errors = {}
         for r, err in ok:
-            have = _have(pass_, chosen, reuse) if r == Route("fft") else frozenset()
+            have = _have(pass_, chosen, ask.reuse) if r == Route("fft") else frozenset()
             c = estimate(r, spec, pass_, k, have)
             costs.append((r, c.seconds, c))
             errors[r] = err
-        (route, sec, nbytes), runner = _pick(costs, limit, spec, pass_)
+        (route, sec, nbytes), runner = _pick(costs, ask.limit, spec, pass_)
         chosen[pass_] = route
         choices[pass_] = Choice(route, sec, nbytes, runner, error=errors[route])
-    return _make_plan(spec, "estimate", choices, limit, tol=tol, notes=tuple(notes))
-
-
-def decision_key(
-    spec: ConvSpec,
-    limit: int | None,
-    reuse: bool,
-    native: bool = False,
-    tol: float | None = None,
-    dyn: dict[str, DataRange] | None = None,
-) -> str:
-    key = f"{describe_spec(spec)}|limit={limit}|reuse={reuse}|threads={get_num_threads()}"
-    if tol is not None:
-        key += f"|tol={tol:g}|range=" + ",".join(
-            f"{p}:{d.decade()}" for p, d in sorted((dyn or {}).items())
-        )
-    return key + ("|native" if native else "")
+    return _make_plan(spec, "estimate", choices, ask.limit, tol=ask.tol, notes=tuple(notes))
 
 
 def call_pass(route: Route, spec: ConvSpec, pass_: str, ops: dict[str, np.ndarray]) -> None:
@@ -595,16 +593,10 @@ def time_routes(
     return best_of_rounds(calls, rounds)
 
 
-def _measure(
-    spec: ConvSpec,
-    limit: int | None,
-    reuse: bool,
-    native: bool = False,
-    tol: float | None = None,
-    dyn: dict[str, DataRange] | None = None,
-) -> Plan:
-    est = _estimate(spec, limit, reuse, native, tol, dyn)
-    key = decision_key(spec, limit, reuse, native, tol, dyn)
+def _measure(spec: ConvSpec, ask: _Ask) -> Plan:
+    est = _estimate(spec, ask)
+    key = ask.key(spec)
+    limit, native, tol, dyn = ask.limit, ask.native, ask.tol, ask.dyn
     stored = store.get_decision(key)
     if stored is not None:
         try:

@@ -264,6 +264,23 @@ def write(st: Study, out: Path, machine: dict[str, Any], plot: bool = True) -> l
     return paths
 
 
+_MARKERS = {"fft": "o", "fft_tiled": "s", "direct": "^", "tol": "x"}
+
+
+def _scatter(ax: Any, rows: list[dict[str, Any]], methods: tuple[str, ...], x: str, y: str) -> None:
+    """One series per method: ``y`` (floored at 1e-18 for the log scale) against ``x``."""
+    for m in methods:
+        sel = [r for r in rows if r["method"] == m]
+        if sel:
+            ax.scatter(
+                [r[x] for r in sel],
+                [max(r[y], 1e-18) for r in sel],
+                marker=_MARKERS[m],
+                label=m if m != "tol" else f"planner, tol={TOL:g}",
+                alpha=0.6,
+            )
+
+
 def _plot(st: Study, path: Path) -> Path:
     import matplotlib
 
@@ -272,19 +289,9 @@ def _plot(st: Study, path: Path) -> Path:
 
     fig, grid = plt.subplots(2, len(st.dtypes), figsize=(7 * len(st.dtypes), 10), squeeze=False)
     axes = grid[0]
-    markers = {"fft": "o", "fft_tiled": "s", "direct": "^", "tol": "x"}
     for ax, dt in zip(grid[1], st.dtypes):
         rows = [r for r in st.rows if r["dtype"] == dt]
-        for m in ("fft", "fft_tiled", "direct", "tol"):
-            sel = [r for r in rows if r["method"] == m]
-            if sel:
-                ax.scatter(
-                    [r["predicted"] for r in sel],
-                    [max(r["scaled"], 1e-18) for r in sel],
-                    marker=markers[m],
-                    label=m if m != "tol" else f"planner, tol={TOL:g}",
-                    alpha=0.6,
-                )
+        _scatter(ax, rows, ("fft", "fft_tiled", "direct", "tol"), "predicted", "scaled")
         lo = min(min(r["predicted"] for r in rows), min(max(r["scaled"], 1e-18) for r in rows))
         hi = max(max(r["predicted"] for r in rows), max(r["scaled"] for r in rows))
         ax.plot([lo, hi], [lo, hi], "k--", label="measured = predicted")
@@ -298,16 +305,7 @@ def _plot(st: Study, path: Path) -> Path:
         ax.legend(fontsize=8)
     for ax, dt in zip(axes, st.dtypes):
         rows = [r for r in st.rows if r["dtype"] == dt]
-        for m in ("fft", "fft_tiled", "direct"):
-            sel = [r for r in rows if r["method"] == m]
-            if sel:
-                ax.scatter(
-                    [r["transform"] for r in sel],
-                    [max(r["rel_l2"], 1e-18) for r in sel],
-                    marker=markers[m],
-                    label=m,
-                    alpha=0.6,
-                )
+        _scatter(ax, rows, ("fft", "fft_tiled", "direct"), "transform", "rel_l2")
         n = np.geomspace(min(r["transform"] for r in rows), max(r["transform"] for r in rows))
         eps = float(np.finfo(np.dtype(dt)).eps)
         terms = max(st.channels, st.batch)
