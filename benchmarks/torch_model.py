@@ -203,8 +203,24 @@ def table(rows: list[dict[str, Any]]) -> str:
                 f"{e['native_s'] * 1e3:.2f} | {e['converted_vs_native']:.2f}x | "
                 f"{e['forced_vs_native']:.2f}x |"
             )
-        worst = max(e["converted_vs_native"] for e in r["layers"])
-        out.append(f"\nSlowest layer after convert: {worst:.2f}x native.")
+        conv = [e["converted_vs_native"] for e in r["layers"] if e["converted"]]
+        same = [e["converted_vs_native"] for e in r["layers"] if not e["converted"]]
+        forced = [e["forced_vs_native"] for e in r["layers"]]
+        out.append("")
+        out.append(
+            f"Converted layers: {len(conv)}"
+            + (f", slowest {max(conv):.2f}x native." if conv else ".")
+        )
+        if same:
+            out.append(
+                f"Layers left native: {len(same)}. After convert they are torch's own module, "
+                f"the same code as native; their column is this protocol's A/A spread: "
+                f"{min(same):.2f}-{max(same):.2f}x."
+            )
+        out.append(
+            f"Forced fftbp.torch.Conv2d on every layer: {min(forced):.2f}-{max(forced):.2f}x "
+            "native."
+        )
     return "\n".join(out)
 
 
@@ -214,7 +230,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--models", default=",".join(MODELS), help="comma-separated subset")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    ap.add_argument(
+        "--table-from", type=Path, help="only re-print the tables of a results JSON file"
+    )
     args = ap.parse_args(argv)
+    if args.table_from:
+        print(table(json.loads(args.table_from.read_text())["rows"]))
+        return 0
     names = list(QUICK) if args.quick else args.models.split(",")
     unknown = [n for n in names if n not in MODELS]
     if unknown:
