@@ -57,7 +57,8 @@ class _Engine(Conv):
         self.method, self.tol = method, None
         self._key: tuple[Any, ...] | None = None
         self._pool: list[dict[str, np.ndarray]] = []  # reusable buffers for kept spectra
-        self.lock = threading.Lock()
+        # re-entrant: a _Kept finalised by the garbage collector inside a locked section
+        self.lock = threading.RLock()
 
     def bind(self, w: torch.Tensor, b: torch.Tensor | None) -> None:
         """Use ``w`` and ``b`` (numpy views)."""
