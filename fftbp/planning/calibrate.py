@@ -4,7 +4,9 @@ Each constant is measured on the code path it models, with fftbp's own time acco
 (:func:`fftbp._config.profiling`): the FFTW executes, the channel products and the copies of a
 dense 48x48 layer; the elementwise products of a depthwise layer; the fixed cost of a tiny call;
 the direct path's GEMM rate on a stride-1 layer and its unfold rate on a strided one (each
-after subtracting what the model already accounts for). Every figure is the
+after subtracting what the model already accounts for); with torch installed, PyTorch's own
+convolution rates on a dense and two depthwise layers (the candidate :mod:`fftbp.torch` plans
+with). Every figure is the
 median of a few repetitions. The result is stored per machine fingerprint in the cache
 directory and used by ``mode="estimate"`` from then on.
 """
@@ -56,10 +58,19 @@ def _rate(amount: float, seconds: float, fallback: float) -> float:
     return amount / seconds if seconds > 1e-5 else fallback
 
 
-def _waste(spec: ConvSpec) -> float:
-    """Flops of the shifted-GEMM kernel over the layer's flops (whole padded rows computed)."""
-    padded = [h + lo + hi for h, (lo, hi) in zip(spec.in_size, spec.padding)]
-    return math.prod(padded[1:]) / math.prod(spec.out_size[1:])
+def _solve(model: Callable[[float], float], seconds: float, fallback: float) -> float:
+    """The rate at which ``model(rate)`` (decreasing in the rate) predicts ``seconds``:
+    bisection on a log scale between 1e8 and 1e14; ``fallback`` if none does."""
+    lo, hi = 1e8, 1e14
+    if not model(hi) <= seconds <= model(lo):
+        return fallback
+    for _ in range(60):
+        mid = math.sqrt(lo * hi)
+        if model(mid) > seconds:
+            lo = mid
+        else:
+            hi = mid
+    return math.sqrt(lo * hi)
 
 
 def _layer(spec: ConvSpec, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -119,15 +130,18 @@ def _measure_constants(reps: int) -> Constants:
     s1 = ConvSpec.from_shapes((4, 32, 32, 32), (32, 32, 7, 7), padding=3)
     x, w = _layer(s1, rng)
     t = _median_time(lambda: run_forward(Route("direct"), s1, x, w, None), reps)
-    modelled = direct_cost_of(s1, "forward", replace(partial, direct_flops=math.inf))
-    direct_flops = _rate(s1.flops * _waste(s1), t - modelled.seconds, default.direct_flops)
+    direct_flops = _solve(
+        lambda rate: direct_cost_of(s1, "forward", replace(partial, direct_flops=rate)).seconds,
+        t,
+        default.direct_flops,
+    )
 
     # direct, strided (im2col + GEMM): the unfold's byte rate, after the GEMM
     s2 = ConvSpec.from_shapes((4, 32, 32, 32), (32, 32, 7, 7), stride=2, padding=3)
     x, w = _layer(s2, rng)
     t = _median_time(lambda: run_forward(Route("direct"), s2, x, w, None), reps)
     unfold = s2.batch * math.prod(s2.out_size) * s2.in_channels * math.prod(s2.kernel) * 4
-    direct_bytes = _rate(unfold, t - s2.flops / direct_flops - call_s, default.direct_bytes)
+    direct_bytes = _rate(unfold, t - 2 * s2.flops / direct_flops - call_s, default.direct_bytes)
 
     k = Constants(
         fft_s_per_unit=fft_s,
@@ -138,5 +152,35 @@ def _measure_constants(reps: int) -> Constants:
         direct_flops=direct_flops,
         direct_bytes=direct_bytes,
         call_s=call_s,
+        **_torch_rates(s1, reps, rng, default),
     )
     return k
+
+
+def _torch_rates(
+    dense: ConvSpec, reps: int, rng: np.random.Generator, default: Constants
+) -> dict[str, float]:
+    """PyTorch's convolution rates (:func:`fftbp.planning.cost.torch_cost_of`), if torch is
+    installed: a dense 7x7 layer, and a depthwise layer on oneDNN's fast path (7x7 forward)
+    and on the generic one (31x31 forward)."""
+    try:
+        from fftbp.torch import _native
+    except ImportError:
+        return {}
+    fast = ConvSpec.from_shapes((4, 64, 32, 32), (64, 1, 7, 7), padding=3, groups=64)
+    slow = ConvSpec.from_shapes((4, 64, 32, 32), (64, 1, 31, 31), padding=15, groups=64)
+    rates = {}
+    for name, spec, fallback in (
+        ("torch_dense_flops", dense, default.torch_dense_flops),
+        ("torch_dw_fast_flops", fast, default.torch_dw_fast_flops),
+        ("torch_dw_slow_flops", slow, default.torch_dw_slow_flops),
+    ):
+        x, w = _layer(spec, rng)
+        # the best time, not the median: torch is taken at its fastest, so that the planner
+        # leaves borderline layers to it
+        t = min(
+            _median_time(lambda s=spec, x=x, w=w: _native.forward(s, x, w, None), 1)
+            for _ in range(reps)
+        )
+        rates[name] = _rate(spec.flops, t, fallback)
+    return rates
