@@ -22,8 +22,8 @@ from fftbp._params import (
 )
 from fftbp.kernels import fft as _fft
 from fftbp.kernels import fft_depthwise as _fdw
-from fftbp.planning.errors import DataRange, dynamic_range
-from fftbp.planning.plan import Plan, candidate_routes, check_method, check_tol, resolve
+from fftbp.planning.errors import DataRange
+from fftbp.planning.plan import Plan, check_method, check_tol, data_ranges, resolve
 from fftbp.planning.routes import Route, run_forward, run_input_grad, run_weight_grad
 
 __all__ = ["Conv", "Grads", "conv", "conv_input_grad", "conv_weight_grad"]
@@ -97,8 +97,7 @@ def _ranges(
     check_tol(tol)
     if tol is None:
         return None
-    tiles = tuple(dict.fromkeys(r.tile for r in candidate_routes(spec) if r.tile and not r.prep))
-    return {pass_: dynamic_range(spec, pass_, a, b, tiles)}
+    return data_ranges(spec, pass_, a, b)
 
 
 def _check_grad(grad_output: Any, spec: ConvSpec) -> np.ndarray:

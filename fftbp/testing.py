@@ -19,6 +19,7 @@ __all__ = [
     "TOLERANCE",
     "reference_conv",
     "reference_input_grad",
+    "reference_passes",
     "reference_weight_grad",
     "relative_error",
 ]
@@ -125,3 +126,15 @@ def reference_weight_grad(
     o, k = _letters(nd)
     dw = np.einsum(f"ngc{o}{k},ngf{o}->gfc{k}", win, gg)
     return dw.reshape(spec.weight_shape)
+
+
+def reference_passes(x: Any, w: Any, grad_output: Any, **kw: Any) -> dict[str, np.ndarray]:
+    """All three passes in float64, keyed ``"forward"``, ``"input_grad"``, ``"weight_grad"``
+    (``kw``: stride, padding, dilation, groups)."""
+    x = np.asarray(x)
+    w = np.asarray(w)
+    return {
+        "forward": reference_conv(x, w, **kw),
+        "input_grad": reference_input_grad(x.shape, w, grad_output, **kw),
+        "weight_grad": reference_weight_grad(x, w.shape, grad_output, **kw),
+    }

@@ -10,7 +10,12 @@ from fftbp.planning.plan import Choice, Plan
 from fftbp.planning.routes import Route
 from fftbp.study import accuracy
 from fftbp.study.accuracy import sample
-from fftbp.testing import reference_conv, reference_input_grad, reference_weight_grad
+from fftbp.testing import (
+    reference_conv,
+    reference_input_grad,
+    reference_passes,
+    reference_weight_grad,
+)
 
 
 def scale_relative(actual, exact, scale):
@@ -51,17 +56,8 @@ def dynamic_case(rng, dtype=np.float32, size=48, k=15):
     w = rng.standard_normal((4, 3, k, k)).astype(dtype)
     g = sample("dynamic_range", (2, 4, size, size), rng).astype(dtype)
     xe, we, ge = (a.astype(np.float64) for a in (x, w, g))
-    exact = {
-        "forward": reference_conv(xe, we, padding="same"),
-        "input_grad": reference_input_grad(xe.shape, we, ge, padding="same"),
-        "weight_grad": reference_weight_grad(xe, we.shape, ge, padding="same"),
-    }
-    ax, aw, ag = np.abs(xe), np.abs(we), np.abs(ge)
-    scale = {
-        "forward": reference_conv(ax, aw, padding="same"),
-        "input_grad": reference_input_grad(ax.shape, aw, ag, padding="same"),
-        "weight_grad": reference_weight_grad(ax, aw.shape, ag, padding="same"),
-    }
+    exact = reference_passes(xe, we, ge, padding="same")
+    scale = reference_passes(np.abs(xe), np.abs(we), np.abs(ge), padding="same")
     return x, w, g, exact, scale
 
 

@@ -146,13 +146,13 @@ def dynamic_range(
     """The dynamic range of a pass's data operand ``a`` (x forward, grad_output input grad; for
     the weight gradient ``a`` = x and ``b`` = grad_output), within whole maps and within the
     windows of overlap-save ``tiles`` (outputs per tile)."""
+    if pass_ == "weight_grad" and b is not None:
+        return DataRange(_weight_grad_range(spec, a, b))
     ext = spec.kernel_extent
     if pass_ == "input_grad":  # grad_output on the output grid: the kernel spans e/s of it
         ext = tuple(max(1, -(-e // s)) for e, s in zip(ext, spec.stride))
     block = tuple(max(1, -(-e // 2)) for e in ext)
     s = _block_maxima(a, block)
-    if pass_ == "weight_grad" and b is not None:
-        return DataRange(_weight_grad_range(spec, a, b))
     whole = _ratio(s, None)
     ranges = []
     for t in tiles:

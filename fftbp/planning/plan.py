@@ -37,7 +37,7 @@ from fftbp._params import ConvSpec, IntOrTuple, PaddingArg
 from fftbp.fft.sizes import fast_len, transform_shape
 from fftbp.planning import store
 from fftbp.planning.cost import PASSES, Constants, PassCost, estimate
-from fftbp.planning.errors import DataRange, route_error
+from fftbp.planning.errors import DataRange, dynamic_range, route_error
 from fftbp.planning.routes import (
     Route,
     applicable_preps,
@@ -369,6 +369,15 @@ def plan(
     p = plan_for_spec(spec, mode=mode, memory_limit=memory_limit, native=native, tol=tol, dyn=dyn)
     check_accuracy(p, PASSES, tol, dyn)
     return p
+
+
+def data_ranges(
+    spec: ConvSpec, pass_: str, a: np.ndarray, b: np.ndarray | None = None
+) -> dict[str, DataRange]:
+    """The dynamic range of ``pass_``'s operands (see :func:`fftbp.planning.errors.
+    dynamic_range`) within whole maps and within every candidate tile: what ``tol=`` plans on."""
+    tiles = tuple(dict.fromkeys(r.tile for r in candidate_routes(spec) if r.tile and not r.prep))
+    return {pass_: dynamic_range(spec, pass_, a, b, tiles)}
 
 
 def check_tol(tol: Any) -> None:

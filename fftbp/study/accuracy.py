@@ -33,9 +33,9 @@ import numpy as np
 import fftbp
 from fftbp._params import ConvSpec
 from fftbp.fft.sizes import transform_shape
-from fftbp.planning.errors import dynamic_range, route_error
-from fftbp.planning.plan import candidate_routes, resolve
-from fftbp.testing import reference_conv, reference_input_grad, reference_weight_grad
+from fftbp.planning.errors import route_error
+from fftbp.planning.plan import candidate_routes, data_ranges, resolve
+from fftbp.testing import reference_passes
 
 __all__ = ["C_MODEL", "DISTRIBUTIONS", "Study", "bound", "run", "write"]
 
@@ -118,10 +118,7 @@ def _predicted(spec: ConvSpec, method: str, x: np.ndarray, g: np.ndarray) -> dic
     out = {}
     for pass_ in PASSES:
         a, b = {"forward": (x, None), "input_grad": (g, None), "weight_grad": (x, g)}[pass_]
-        tiles = tuple(
-            dict.fromkeys(r.tile for r in candidate_routes(spec) if r.tile and not r.prep)
-        )
-        dyn = {pass_: dynamic_range(spec, pass_, a, b, tiles)}
+        dyn = data_ranges(spec, pass_, a, b)
         if method == "tol":
             p = resolve("auto", spec, tol=TOL, dyn=dyn, passes=(pass_,))
         else:
@@ -149,16 +146,8 @@ def run(st: Study) -> Study:
                     # the exact results of the operands as rounded to dt, and their scales
                     xe, we, ge = (a.astype(np.float64) for a in (x, w, g))
                     ax, aw, ag = np.abs(xe), np.abs(we), np.abs(ge)
-                    exact = {
-                        "forward": reference_conv(xe, we, padding="same"),
-                        "input_grad": reference_input_grad(xe.shape, we, ge, padding="same"),
-                        "weight_grad": reference_weight_grad(xe, we.shape, ge, padding="same"),
-                    }
-                    scale = {
-                        "forward": reference_conv(ax, aw, padding="same"),
-                        "input_grad": reference_input_grad(ax.shape, aw, ag, padding="same"),
-                        "weight_grad": reference_weight_grad(ax, aw.shape, ag, padding="same"),
-                    }
+                    exact = reference_passes(xe, we, ge, padding="same")
+                    scale = reference_passes(ax, aw, ag, padding="same")
                     spec = ConvSpec.from_shapes(shape, wshape, padding="same", dtype=dt)
                     methods = ["fft", "direct", "tol"]
                     if any(r.algorithm == "fft_tiled" for r in candidate_routes(spec)):
