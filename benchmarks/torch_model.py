@@ -38,6 +38,7 @@ from torch import nn
 
 from benchmarks.machine import describe
 from fftbp.torch import adopt, convert
+from fftbp.torch._convert import layer_inputs
 from fftbp.torch.models import LargeKernelBlock, ResNet18Style, replknet_style, slak_stage
 
 MODELS: dict[str, Callable[[], tuple[nn.Module, torch.Tensor]]] = {
@@ -102,22 +103,6 @@ def ratio(times: dict[str, list[float]], slow: str, fast: str) -> float:
     return statistics.median(a / b for a, b in zip(times[slow], times[fast]))
 
 
-def conv_inputs(model: nn.Module, x: torch.Tensor) -> dict[str, tuple[tuple[int, ...], bool]]:
-    seen: dict[str, tuple[tuple[int, ...], bool]] = {}
-    hooks = []
-    for name, m in model.named_modules():
-        if isinstance(m, nn.Conv2d):
-
-            def hook(_m: nn.Module, inp: tuple[Any, ...], name: str = name) -> None:
-                seen.setdefault(name, (tuple(inp[0].shape), bool(inp[0].requires_grad)))
-
-            hooks.append(m.register_forward_pre_hook(hook))
-    model(x)
-    for h in hooks:
-        h.remove()
-    return seen
-
-
 def bench_model(name: str, rounds: int, per_layer: bool) -> dict[str, Any]:
     torch.manual_seed(0)
     native, x = MODELS[name]()
@@ -140,7 +125,10 @@ def bench_model(name: str, rounds: int, per_layer: bool) -> dict[str, Any]:
         flush=True,
     )
     if per_layer:
-        shapes = conv_inputs(native, x)
+        shapes = {
+            n: (tuple(meta.shape), needs_grad)
+            for n, (meta, needs_grad, _) in layer_inputs(native, (x,)).items()
+        }
         mods = dict(converted.named_modules())
         for lname, module in native.named_modules():
             if lname not in shapes:

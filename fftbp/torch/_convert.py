@@ -117,7 +117,7 @@ def convert(
             f"got {type(example_input).__name__}"
         )
     target = model if inplace else copy.deepcopy(model)
-    seen = _record_inputs(target, args)
+    seen = layer_inputs(target, args)
     reports = []
     for name, mod in target.named_modules():
         if type(mod) not in _SWAP:
@@ -129,12 +129,12 @@ def convert(
     return target, ConvertReport(tuple(reports), float(min_speedup), measure)
 
 
-def _record_inputs(
+def layer_inputs(
     model: nn.Module, args: tuple[torch.Tensor, ...]
-) -> dict[str, tuple[torch.Tensor, bool]]:
-    """Each candidate layer's first input (a meta tensor: shape, dtype, device) and whether it
-    needs a gradient, from one forward pass with grad mode on."""
-    seen: dict[str, tuple[torch.Tensor, bool]] = {}
+) -> dict[str, tuple[torch.Tensor, bool, str]]:
+    """Each candidate layer's first input (a meta tensor: shape and dtype), whether it needs a
+    gradient, and its device type, from one forward pass with grad mode on."""
+    seen: dict[str, tuple[torch.Tensor, bool, str]] = {}
     handles = []
     for name, mod in model.named_modules():
         if type(mod) in _SWAP:
