@@ -270,6 +270,16 @@ def _scatter(ax: Any, rows: list[dict[str, Any]], methods: tuple[str, ...], x: s
             )
 
 
+def _log_axes(ax: Any, xlabel: str, ylabel: str, title: str) -> None:
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+
+
 def _plot(st: Study, path: Path) -> Path:
     import matplotlib
 
@@ -277,40 +287,37 @@ def _plot(st: Study, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     fig, grid = plt.subplots(2, len(st.dtypes), figsize=(7 * len(st.dtypes), 10), squeeze=False)
-    axes = grid[0]
-    for ax, dt in zip(grid[1], st.dtypes):
+    for top, bottom, dt in zip(grid[0], grid[1], st.dtypes):
         rows = [r for r in st.rows if r["dtype"] == dt]
-        _scatter(ax, rows, ("fft", "fft_tiled", "direct", "tol"), "predicted", "scaled")
-        lo = min(min(r["predicted"] for r in rows), min(max(r["scaled"], 1e-18) for r in rows))
-        hi = max(max(r["predicted"] for r in rows), max(r["scaled"] for r in rows))
-        ax.plot([lo, hi], [lo, hi], "k--", label="measured = predicted")
-        ax.axhline(TOL, color="r", lw=0.8, label=f"target {TOL:g}")
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.set_xlabel("predicted error (model, with the data's measured dynamic range)")
-        ax.set_ylabel("measured error of the worst output, relative to its terms' scale")
-        ax.set_title(f"{dt}: per-output error model (tol's measure); below the line = bounded")
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=8)
-    for ax, dt in zip(axes, st.dtypes):
-        rows = [r for r in st.rows if r["dtype"] == dt]
-        _scatter(ax, rows, ("fft", "fft_tiled", "direct"), "transform", "rel_l2")
+        # top: relative L2 error against transform size, with the L2 bound
+        _scatter(top, rows, ("fft", "fft_tiled", "direct"), "transform", "rel_l2")
         n = np.geomspace(min(r["transform"] for r in rows), max(r["transform"] for r in rows))
         eps = float(np.finfo(np.dtype(dt)).eps)
         terms = max(st.channels, st.batch)
-        ax.plot(
+        top.plot(
             n,
             C_MODEL * eps * (np.log2(n) + math.log2(terms)),
             "k--",
             label=f"bound {C_MODEL:g}·eps·(log2 n + log2 {terms})",
         )
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.set_xlabel("transform size n (points)")
-        ax.set_ylabel("relative L2 error vs exact")
-        ax.set_title(f"{dt}: all passes, distributions and kernels")
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=8)
+        _log_axes(
+            top,
+            "transform size n (points)",
+            "relative L2 error vs exact",
+            f"{dt}: all passes, distributions and kernels",
+        )
+        # bottom: per-output error (tol's measure) against the model's prediction
+        _scatter(bottom, rows, ("fft", "fft_tiled", "direct", "tol"), "predicted", "scaled")
+        lo = min(min(r["predicted"] for r in rows), min(max(r["scaled"], 1e-18) for r in rows))
+        hi = max(max(r["predicted"] for r in rows), max(r["scaled"] for r in rows))
+        bottom.plot([lo, hi], [lo, hi], "k--", label="measured = predicted")
+        bottom.axhline(TOL, color="r", lw=0.8, label=f"target {TOL:g}")
+        _log_axes(
+            bottom,
+            "predicted error (model, with the data's measured dynamic range)",
+            "measured error of the worst output, relative to its terms' scale",
+            f"{dt}: per-output error model (tol's measure); below the line = bounded",
+        )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
