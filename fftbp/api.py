@@ -394,10 +394,10 @@ class Conv:
         dyn = dict(saved["dyn"] or {})
         passes = []
         if input_grad:
-            dyn.update(_ranges(spec, "input_grad", g, tol=self.tol) or {})
+            dyn.update(data_ranges(spec, "input_grad", g))
             passes.append("input_grad")
         if weight_grad:
-            dyn.update(_ranges(spec, "weight_grad", saved["x"], g, tol=self.tol) or {})
+            dyn.update(data_ranges(spec, "weight_grad", saved["x"], g))
             passes.append("weight_grad")
         plan = resolve(self.method, spec, reuse=True, tol=self.tol, dyn=dyn, passes=tuple(passes))
         for p in passes:
