@@ -26,6 +26,13 @@ def _is_int(v: Any) -> bool:
     return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
 
 
+def is_real(v: Any) -> bool:
+    """A Python or numpy int or float, not a bool (for numeric arguments such as ``tol``)."""
+    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(
+        v, (bool, np.bool_)
+    )
+
+
 def _int_tuple(name: str, value: Any, nd: int, *, minimum: int) -> tuple[int, ...]:
     """Turn an int or a sequence of ``nd`` ints into a tuple, checking ``>= minimum``."""
     rule = f"expected an int or a tuple of {nd} ints, each >= {minimum}"

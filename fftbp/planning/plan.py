@@ -33,7 +33,7 @@ from fftbp._config import (
     get_num_threads,
     workspace_limit_override,
 )
-from fftbp._params import ConvSpec, IntOrTuple, PaddingArg
+from fftbp._params import ConvSpec, IntOrTuple, PaddingArg, is_real
 from fftbp.fft.sizes import fast_len, transform_shape
 from fftbp.planning import store
 from fftbp.planning.cost import PASSES, Constants, PassCost, estimate
@@ -356,11 +356,7 @@ def plan(
         if importlib.util.find_spec("torch") is None:
             raise ImportError("native=True: PyTorch is not installed (pip install 'torch>=2.1')")
     check_tol(tol)
-    if (
-        isinstance(dynamic_range, bool)
-        or not isinstance(dynamic_range, (int, float, np.floating, np.integer))
-        or not dynamic_range >= 1
-    ):
+    if not is_real(dynamic_range) or not dynamic_range >= 1:
         raise ValueError(f"dynamic_range: expected a number >= 1, got {dynamic_range!r}")
     dyn = None
     if tol is not None:
@@ -384,11 +380,7 @@ def check_tol(tol: Any) -> None:
     """``tol=`` must be None or a number in (0, 1)."""
     if tol is None:
         return
-    if (
-        isinstance(tol, bool)
-        or not isinstance(tol, (int, float, np.floating, np.integer))
-        or not 0 < tol < 1
-    ):
+    if not is_real(tol) or not 0 < tol < 1:
         raise ValueError(f"tol: expected None or a number between 0 and 1, got {tol!r}")
 
 

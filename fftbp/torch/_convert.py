@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from fftbp._config import best_of_rounds
-from fftbp._params import ConvSpec
+from fftbp._params import ConvSpec, is_real
 from fftbp.planning.cost import PASSES, torch_cost_of
 from fftbp.planning.plan import constants, describe_spec, plan_for_spec
 from fftbp.torch._modules import _FFTBP_CLASS as _SWAP
@@ -104,11 +104,7 @@ def convert(
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
-    if (
-        isinstance(min_speedup, bool)
-        or not isinstance(min_speedup, (int, float))
-        or not min_speedup > 0
-    ):
+    if not is_real(min_speedup) or not min_speedup > 0:
         raise ValueError(f"min_speedup: expected a number > 0, got {min_speedup!r}")
     args = example_input if isinstance(example_input, tuple) else (example_input,)
     if not args or not all(isinstance(a, torch.Tensor) for a in args):
