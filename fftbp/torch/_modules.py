@@ -116,7 +116,8 @@ class _ConvFunction(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, gy: torch.Tensor) -> tuple[Any, ...]:
-        x, _w = ctx.saved_tensors  # raises if either was modified in place since forward
+        _ = ctx.saved_tensors  # raises if x or w was modified in place since forward;
+        # saved["x"] already holds the numpy view of x (or its contiguous copy)
         need_dx, need_dw, need_db = ctx.needs_input_grad[:3]
         saved = ctx.saved_fftbp
         if need_dw and "x" not in saved and "xf" not in saved:
@@ -126,8 +127,6 @@ class _ConvFunction(torch.autograd.Function):
             )
         g = _numpy(gy)
         engine: _Engine = ctx.engine
-        if x is not None:
-            saved["x"] = _numpy(x)
         dx, dw = engine._backward_step(saved, g, need_dx, need_dw)
         db = gy.sum(dim=(0, *range(2, gy.dim()))) if need_db else None
         return (
