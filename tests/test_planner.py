@@ -72,6 +72,35 @@ def test_direct_after_polyphase_matches_reference(rng):
     assert relative_error(run_input_grad(route, spec, w, g), ref_dx) <= 1e-11
 
 
+@pytest.mark.parametrize("base", ["fft", "direct"])
+@pytest.mark.parametrize("prep", ["polyphase", "dilation"])
+@pytest.mark.parametrize(
+    ("size", "kernel", "step", "padding"),
+    [
+        ((5, 6), (1, 2), (3, 2), ((4, 1), (1, 4))),  # kernel shorter than the step
+        ((2, 3), (3, 3), (2, 3), ((7, 0), (0, 7))),  # padding wider than the map
+        ((13, 9), (4, 3), (2, 2), ((0, 0), (0, 0))),  # trailing inputs that no output reads
+        ((8, 7), (5, 5), (3, 2), ((2, 6), (3, 1))),  # asymmetric padding, phases of unequal length
+    ],
+)
+def test_phases_on_awkward_geometry(base, prep, size, kernel, step, padding, rng):
+    """Stride (polyphase) or dilation phases: the inner layer keeps the padding as padding, so
+    phases hold unequal numbers of samples."""
+    kw = dict(padding=padding, **{"stride" if prep == "polyphase" else "dilation": step})
+    x = rng.standard_normal((2, 3, *size))
+    w = rng.standard_normal((4, 3, *kernel))
+    spec = ConvSpec.from_shapes(x.shape, w.shape, dtype=np.float64, **kw)
+    g = rng.standard_normal(spec.output_shape)
+    route = Route(base, prep)
+    scale = np.abs(x).max() * np.abs(w).max() * np.abs(g).max() * 100
+    for got, want in (
+        (run_forward(route, spec, x, w, None), reference_conv(x, w, None, **kw)),
+        (run_input_grad(route, spec, w, g), reference_input_grad(x.shape, w, g, **kw)),
+        (run_weight_grad(route, spec, x, g), reference_weight_grad(x, w.shape, g, **kw)),
+    ):
+        assert np.abs(got - want).max() <= 1e-13 * scale
+
+
 def test_fft_tiled_method_on_a_large_map(rng):
     x = rng.standard_normal((1, 2, 96, 80))
     w = rng.standard_normal((3, 2, 5, 5))

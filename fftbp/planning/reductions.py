@@ -175,7 +175,7 @@ class Tiles(Reduction):
 
 def _phase_in(xp: np.ndarray, count: tuple[int, ...], phases: tuple[int, ...]) -> np.ndarray:
     """``(N, C, *count*phases)`` -> ``(N, C, *phases, *count)``, ``[.., r, j] = xp[.., j*p + r]``
-    per axis."""
+    per axis (a view; the kernel's phases, which are small)."""
     nd = len(count)
     v = _split_axes(xp, 2, count, phases)
     return v.transpose(0, 1, *range(3, 3 + 2 * nd, 2), *range(2, 2 + 2 * nd, 2))
@@ -187,6 +187,86 @@ def _phase_out(a: np.ndarray, count: tuple[int, ...], phases: tuple[int, ...]) -
     order = (0, 1, *itertools.chain(*((2 + nd + i, 2 + i) for i in range(nd))))
     v = a.transpose(order)
     return v.reshape(*a.shape[:2], *(c * p for c, p in zip(count, phases)))
+
+
+def _data_window(h: int, lo: int, step: int, length: int) -> tuple[int, int]:
+    """Phase positions ``[first, stop)`` (within ``[0, length)``) where some phase of a line of
+    ``h`` samples placed at ``lo`` holds a sample: ``floor(lo/step) .. ceil((lo+h)/step)``."""
+    first = min(max(lo // step, 0), length - 1)
+    return first, max(min(-(-(lo + h) // step), length), first + 1)
+
+
+@dataclass(frozen=True)
+class _PhaseSplit:
+    """Per axis, ``a_r[j] = ap[step*j + r]`` for ``j`` in ``[first, first + count)``, where ``ap``
+    is the array (``size`` samples) placed at ``lo`` on a zero line: one strided copy per phase,
+    zeros where a phase reads no sample. ``phases_first`` stores the phases before the channel
+    axis (as batch entries) instead of after it (as channels)."""
+
+    size: tuple[int, ...]
+    lo: tuple[int, ...]
+    step: tuple[int, ...]
+    first: tuple[int, ...]
+    count: tuple[int, ...]
+    phases_first: bool = False
+
+    @cached_property
+    def copies(self) -> list[tuple[tuple[int, ...], tuple[slice, ...], tuple[slice, ...]]]:
+        """Per phase ``r`` holding samples: (r, slices of ``a_r``, slices of ``a``)."""
+        axes = []
+        for h, lo, s, j0, n in zip(self.size, self.lo, self.step, self.first, self.count):
+            per_phase = []
+            for r in range(s):
+                ja = max(j0, -(-(lo - r) // s))
+                jb = min(j0 + n, -(-(lo + h - r) // s))
+                if jb > ja:
+                    i0 = s * ja + r - lo
+                    per_phase.append((r, slice(ja - j0, jb - j0), slice(i0, i0 + s * (jb - ja), s)))
+            axes.append(per_phase)
+        return [tuple(zip(*combo)) for combo in itertools.product(*axes)]  # type: ignore[misc]
+
+    @cached_property
+    def covers(self) -> bool:
+        """Whether every sample lands in some phase (else the gradient of the rest is zero)."""
+        return all(
+            j0 <= lo // s and -(-(lo + h) // s) <= j0 + n
+            for h, lo, s, j0, n in zip(self.size, self.lo, self.step, self.first, self.count)
+        )
+
+    def _at(self, r: tuple[int, ...], where: tuple[slice, ...]) -> tuple[slice | int, ...]:
+        if self.phases_first:
+            return (slice(None), *r, slice(None), *where)
+        return (slice(None), slice(None), *r, *where)
+
+    def split(self, a: np.ndarray) -> np.ndarray:
+        """``(N, C, *size)`` -> ``(N, C, *step, *count)`` or ``(N, *step, C, *count)``."""
+        n, c = a.shape[:2]
+        lead = (n, *self.step, c) if self.phases_first else (n, c, *self.step)
+        out = np.zeros((*lead, *self.count), dtype=a.dtype)
+        for r, dst, src in self.copies:
+            out[self._at(r, dst)] = a[(slice(None), slice(None), *src)]
+        return out
+
+    def merge(self, v: np.ndarray) -> np.ndarray:
+        """The adjoint of :meth:`split` (each sample is read by exactly one phase)."""
+        n, c = v.shape[0], v.shape[1 + len(self.step)] if self.phases_first else v.shape[1]
+        out = (np.empty if self.covers else np.zeros)((n, c, *self.size), dtype=v.dtype)
+        for r, src, dst in self.copies:
+            out[(slice(None), slice(None), *dst)] = v[self._at(r, src)]
+        return out
+
+
+def _window_spec(outer: ConvSpec, step: tuple[int, ...], length: tuple[int, ...]):
+    """The phase split of ``outer``'s padded input into lines of ``length``, and the inner
+    layer's ``in_size`` and ``padding``: only the window that holds samples is stored, the rest
+    stays padding, so the inner transforms are no larger than the plain route's."""
+    windows = [
+        _data_window(h, lo, st, n)
+        for h, (lo, _), st, n in zip(outer.in_size, outer.padding, step, length)
+    ]
+    size = tuple(b - a for a, b in windows)
+    padding = tuple((a, n - b) for (a, b), n in zip(windows, length))
+    return size, padding, tuple(a for a, _ in windows)
 
 
 @dataclass(frozen=True)
@@ -206,27 +286,29 @@ class Polyphase(Reduction):
         return tuple(o + q - 1 for o, q in zip(self.outer.out_size, self.taps))
 
     @cached_property
+    def _x(self) -> _PhaseSplit:
+        s = self.outer
+        size, _, first = _window_spec(s, s.stride, self.length)
+        return _PhaseSplit(s.in_size, tuple(lo for lo, _ in s.padding), s.stride, first, size)
+
+    @cached_property
     def inner(self) -> ConvSpec:
         s = self.outer
-        p = math.prod(s.stride)
+        size, padding, _ = _window_spec(s, s.stride, self.length)
         return replace(
             s,
-            in_channels=s.in_channels * p,
-            in_size=self.length,
+            in_channels=s.in_channels * math.prod(s.stride),
+            in_size=size,
             kernel=self.taps,
             stride=(1,) * s.nd,
-            padding=((0, 0),) * s.nd,
+            padding=padding,
         )
 
     def describe(self) -> str:
         return f"polyphase {'x'.join(map(str, self.outer.stride))}"
 
     def x_in(self, x: np.ndarray) -> np.ndarray:
-        s = self.outer
-        total = tuple(j * st for j, st in zip(self.length, s.stride))
-        xp = pad_or_crop(x, _padded(s, total))
-        v = _phase_in(xp, self.length, s.stride)  # (N, C, *phases, *length)
-        return np.ascontiguousarray(v).reshape(self.inner.input_shape)
+        return self._x.split(x).reshape(self.inner.input_shape)
 
     def w_in(self, w: np.ndarray) -> np.ndarray:
         s = self.outer
@@ -237,11 +319,7 @@ class Polyphase(Reduction):
 
     def dx_out(self, dx: np.ndarray) -> np.ndarray:
         s = self.outer
-        v = dx.reshape(s.batch, s.in_channels, *s.stride, *self.length)
-        total = tuple(j * st for j, st in zip(self.length, s.stride))
-        return np.ascontiguousarray(
-            pad_or_crop(_phase_out(v, self.length, s.stride), _unpadded(s, total))
-        )
+        return self._x.merge(dx.reshape(s.batch, s.in_channels, *s.stride, *self.inner.in_size))
 
     def dw_out(self, dw: np.ndarray) -> np.ndarray:
         s = self.outer
@@ -267,50 +345,48 @@ class DilationPhases(Reduction):
         return tuple(p + k - 1 for p, k in zip(self.phase_out, self.outer.kernel))
 
     @cached_property
+    def _x(self) -> _PhaseSplit:
+        s = self.outer
+        size, _, first = _window_spec(s, s.dilation, self.length)
+        lo = tuple(lo for lo, _ in s.padding)
+        return _PhaseSplit(s.in_size, lo, s.dilation, first, size, phases_first=True)
+
+    @cached_property
+    def _g(self) -> _PhaseSplit:
+        s = self.outer
+        zero = (0,) * s.nd
+        return _PhaseSplit(s.out_size, zero, s.dilation, zero, self.phase_out, phases_first=True)
+
+    @cached_property
     def inner(self) -> ConvSpec:
         s = self.outer
+        size, padding, _ = _window_spec(s, s.dilation, self.length)
         return replace(
             s,
             batch=s.batch * math.prod(s.dilation),
-            in_size=self.length,
+            in_size=size,
             dilation=(1,) * s.nd,
-            padding=((0, 0),) * s.nd,
+            padding=padding,
         )
 
     def describe(self) -> str:
         return f"dilation phases {'x'.join(map(str, self.outer.dilation))}"
 
-    def _to_batch(self, a: np.ndarray, count: tuple[int, ...]) -> np.ndarray:
-        """``(N, C, *count*d)`` -> ``(N * prod(d), C, *count)``, phase-major within a sample."""
-        s, nd = self.outer, self.outer.nd
-        v = _phase_in(a, count, s.dilation)  # (N, C, *d, *count)
-        v = v.transpose(0, *range(2, 2 + nd), 1, *range(2 + nd, 2 + 2 * nd))
-        return np.ascontiguousarray(v).reshape(-1, a.shape[1], *count)
+    def _batch(self, a: np.ndarray) -> np.ndarray:
+        """``(N, *d, C, *count)`` -> ``(N * prod(d), C, *count)`` (a view)."""
+        return a.reshape(-1, *a.shape[1 + self.outer.nd :])
 
-    def _from_batch(self, a: np.ndarray, count: tuple[int, ...]) -> np.ndarray:
-        s, nd = self.outer, self.outer.nd
-        v = a.reshape(s.batch, *s.dilation, a.shape[1], *count)
-        v = v.transpose(0, 1 + nd, *range(1, 1 + nd), *range(2 + nd, 2 + 2 * nd))
-        return _phase_out(v, count, s.dilation)
+    def _unbatch(self, a: np.ndarray) -> np.ndarray:
+        return a.reshape(self.outer.batch, *self.outer.dilation, *a.shape[1:])
 
     def x_in(self, x: np.ndarray) -> np.ndarray:
-        s = self.outer
-        total = tuple(j * d for j, d in zip(self.length, s.dilation))
-        return self._to_batch(pad_or_crop(x, _padded(s, total)), self.length)
+        return self._batch(self._x.split(x))
 
     def g_in(self, g: np.ndarray) -> np.ndarray:
-        s = self.outer
-        full = tuple(p * d for p, d in zip(self.phase_out, s.dilation))
-        gp = pad_or_crop(g, tuple((0, f - o) for f, o in zip(full, s.out_size)))
-        return self._to_batch(gp, self.phase_out)
+        return self._batch(self._g.split(g))
 
     def y_out(self, y: np.ndarray) -> np.ndarray:
-        s = self.outer
-        full = self._from_batch(y, self.phase_out)
-        return np.ascontiguousarray(full[(slice(None), slice(None), *map(slice, s.out_size))])
+        return self._g.merge(self._unbatch(y))
 
     def dx_out(self, dx: np.ndarray) -> np.ndarray:
-        s = self.outer
-        total = tuple(j * d for j, d in zip(self.length, s.dilation))
-        full = self._from_batch(dx, self.length)
-        return np.ascontiguousarray(pad_or_crop(full, _unpadded(s, total)))
+        return self._x.merge(self._unbatch(dx))
