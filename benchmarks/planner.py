@@ -3,11 +3,15 @@ against the choices of estimate mode and measure mode, in one run.
 
 For each layer and pass, every route the planner considers is timed (a warm-up call each, then
 the best of three rounds in which the routes alternate; BLAS held at one thread as in fftbp's
-own calls); the oracle is the fastest.
+own calls); the oracle is the fastest. A choice other than the oracle is then timed again side
+by side with it (:func:`duel`: alternating rounds, 0.3 s of calls each), and that ratio is
+reported: on this machine a millisecond call varies by 1.5x from round to round, so the sweep's
+three rounds rank near-ties at random.
 Reported per pass: the estimate-mode choice's time over the oracle's, and the same for measure
 mode (which times its own candidates independently, before the sweep). Plus, for the strided
 layers, the polyphase route against the plain whole-map FFT route, which computes the stride-1
-correlation's spectrum and reads every s-th output.
+correlation's spectrum and reads every s-th output (also a duel), and the ratio the cost model
+predicts for the two.
 
     python -m benchmarks.planner            # ~90 layers, writes benchmarks/results/planner.*
     python -m benchmarks.planner --quick    # 12 layers
@@ -105,6 +109,24 @@ def key(r: Route) -> str:
     return r.label() + (f" {'x'.join(map(str, r.tile))}" if r.tile else "")
 
 
+#: seconds of calls per route in a duel (alternating rounds, at least five)
+DUEL_TIME = 0.3
+
+
+def duel(oracle: Route, choice: Route, spec: ConvSpec, pass_: str, ops: dict) -> float:
+    """The choice's time over the oracle's, the two timed side by side again, longer than the
+    sweep (a millisecond call here varies by 1.5x from round to round). At least 1: a choice
+    that wins the duel is as fast as the oracle."""
+    return 1.0 if choice == oracle else max(1.0, duel_ratio(oracle, choice, spec, pass_, ops))
+
+
+def duel_ratio(a: Route, b: Route, spec: ConvSpec, pass_: str, ops: dict) -> float:
+    """``b``'s best time over ``a``'s, the two alternating for :data:`DUEL_TIME` each."""
+    with blas_single_threaded():
+        t_a, t_b = time_routes([a, b], spec, pass_, ops, 5, DUEL_TIME)
+    return t_b / t_a
+
+
 def run_layer(kw: dict[str, Any], max_call: float) -> dict[str, Any]:
     opts = {k: kw[k] for k in ("stride", "padding", "dilation", "groups")}
     spec = ConvSpec.from_shapes(kw["input_shape"], kw["weight_shape"], **opts)
@@ -141,30 +163,37 @@ def run_layer(kw: dict[str, Any], max_call: float) -> dict[str, Any]:
         "skipped": skipped,
         "passes": {},
     }
+    by_key = {key(r): r for r in routes}
     for pass_ in PASSES:
         t = times[pass_]
         oracle = min(t, key=t.get)
-        e, m = key(est.choice(pass_).route), key(meas.choice(pass_).route)
-        # a choice that was not timed in the sweep (skipped) is timed now
-        for choice, plan_ in ((e, est), (m, meas)):
-            if choice not in t:
-                with blas_single_threaded():
-                    t[choice] = time_routes([plan_.choice(pass_).route], spec, pass_, ops)[0]
+        ratios = {}
+        for mode, plan_ in (("estimate", est), ("measure", meas)):
+            choice = plan_.choice(pass_).route
+            ratios[mode] = duel(by_key[oracle], choice, spec, pass_, ops)
         result["passes"][pass_] = {
             "oracle": oracle,
             "oracle_ms": t[oracle] * 1e3,
-            "estimate": e,
-            "estimate_ratio": t[e] / t[oracle],
-            "measure": m,
-            "measure_ratio": t[m] / t[oracle],
+            "estimate": key(est.choice(pass_).route),
+            "estimate_ratio": ratios["estimate"],
+            "measure": key(meas.choice(pass_).route),
+            "measure_ratio": ratios["measure"],
         }
-    if any(s > 1 for s in spec.stride):
-        poly = [k for k in times["forward"] if "polyphase" in k and "tiled" not in k]
-        if poly and "fft" in times["forward"]:
-            result["polyphase_speedup"] = {
-                p: times[p]["fft"] / times[p][poly[0]] for p in PASSES if poly[0] in times[p]
-            }
+    plain, phased = Route("fft"), Route("fft", "polyphase")
+    if plain in routes and phased in routes:  # plain FFT time over polyphase FFT time
+        result["polyphase_speedup"] = {p: duel_ratio(phased, plain, spec, p, ops) for p in PASSES}
+        result["polyphase_predicted"] = polyphase_predicted(spec)
     return result
+
+
+def polyphase_predicted(spec: ConvSpec) -> dict[str, float]:
+    """The cost model's plain-FFT time over its polyphase-FFT time, per pass: what the counts
+    of transformed points, channel products and copies allow, before any timing."""
+    k = constants()
+    plain, poly = Route("fft"), Route("fft", "polyphase")
+    return {
+        p: estimate(plain, spec, p, k).seconds / estimate(poly, spec, p, k).seconds for p in PASSES
+    }
 
 
 def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -185,6 +214,9 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "plan_ms_median": statistics.median(r["plan_ms"] for r in rows),
         "polyphase_speedup_stride2_k15plus": {
             r["layer"]: r["polyphase_speedup"] for r in big_stride
+        },
+        "polyphase_predicted_stride2_k15plus": {
+            r["layer"]: r["polyphase_predicted"] for r in big_stride if "polyphase_predicted" in r
         },
     }
 
