@@ -13,7 +13,7 @@ layers, the polyphase route against the plain whole-map FFT route, which compute
 correlation's spectrum and reads every s-th output (also a duel), and the ratio the cost model
 predicts for the two.
 
-    python -m benchmarks.planner            # ~90 layers, writes benchmarks/results/planner.*
+    python -m benchmarks.planner            # 82 layers, ~10 min, writes benchmarks/results/planner.*
     python -m benchmarks.planner --quick    # 12 layers
 """
 
