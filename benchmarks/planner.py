@@ -14,7 +14,7 @@ correlation's spectrum and reads every s-th output (also a duel), and the ratio 
 predicts for the two.
 
     python -m benchmarks.planner            # 82 layers, ~10 min, writes benchmarks/results/planner.*
-    python -m benchmarks.planner --quick    # 12 layers
+    python -m benchmarks.planner --quick    # 11 layers
 """
 
 from __future__ import annotations
