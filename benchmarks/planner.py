@@ -13,8 +13,8 @@ layers, the polyphase route against the plain whole-map FFT route, which compute
 correlation's spectrum and reads every s-th output (also a duel), and the ratio the cost model
 predicts for the two.
 
-    python -m benchmarks.planner            # 82 layers, ~10 min, writes benchmarks/results/planner.*
-    python -m benchmarks.planner --quick    # 11 layers
+    python -m benchmarks.planner          # 82 layers, ~10 min: benchmarks/results/planner.*
+    python -m benchmarks.planner --quick  # 11 layers
 """
 
 from __future__ import annotations

@@ -323,23 +323,29 @@ def _product(
 
     def block(q0: int, q1: int) -> None:
         A, B, O = a4[q0:q1], b4[q0:q1], o4[q0:q1]
-        if kind == "forward":
-            if depthwise:  # out[q,n,g,f] = x[q,n,g] * w[q,g,f]
-                r = np.multiply(A, B[:, None, :, :, 0])
+        if not depthwise:  # one stacked matmul per block, straight into O unless accumulating
+            if kind == "forward":
+                lhs, rhs, dst = (
+                    A.transpose(0, 2, 1, 3),
+                    B.transpose(0, 1, 3, 2),
+                    O.transpose(0, 2, 1, 3),
+                )
+            elif kind == "input":
+                lhs, rhs, dst = A.transpose(0, 2, 1, 3), B, O.transpose(0, 2, 1, 3)
             else:
-                r = np.matmul(A.transpose(0, 2, 1, 3), B.transpose(0, 1, 3, 2))
-                r = r.transpose(0, 2, 1, 3)
-        elif kind == "input":
-            if depthwise:  # out[q,n,g,0] = sum_f gy[q,n,g,f] * w[q,g,f]
-                r = np.multiply(A, B[:, None, :, :, 0])
-                r = r if fg == 1 else r.sum(axis=-1, keepdims=True)
+                lhs, rhs, dst = B.transpose(0, 2, 3, 1), A.transpose(0, 2, 1, 3), O
+            if accumulate:
+                dst += np.matmul(lhs, rhs)
             else:
-                r = np.matmul(A.transpose(0, 2, 1, 3), B).transpose(0, 2, 1, 3)
-        else:
-            if depthwise:  # out[q,g,f,0] = sum_n gy[q,n,g,f] * x[q,n,g]
-                r = np.multiply(B, A).sum(axis=1)[..., None]
-            else:
-                r = np.matmul(B.transpose(0, 2, 3, 1), A.transpose(0, 2, 1, 3))
+                np.matmul(lhs, rhs, out=dst)
+            return
+        if kind == "forward":  # out[q,n,g,f] = x[q,n,g] * w[q,g,f]
+            r = np.multiply(A, B[:, None, :, :, 0])
+        elif kind == "input":  # out[q,n,g,0] = sum_f gy[q,n,g,f] * w[q,g,f]
+            r = np.multiply(A, B[:, None, :, :, 0])
+            r = r if fg == 1 else r.sum(axis=-1, keepdims=True)
+        else:  # out[q,g,f,0] = sum_n gy[q,n,g,f] * x[q,n,g]
+            r = np.multiply(B, A).sum(axis=1)[..., None]
         if accumulate:
             O += r
         else:
