@@ -15,6 +15,7 @@ import fftbp
 from fftbp.planning import store
 from fftbp.planning.calibrate import calibrate
 from fftbp.planning.cost import Constants
+from fftbp.planning.plan import constants, set_constants
 
 LAYER = "((2, 3, 24, 24), (4, 3, 7, 7))"
 
@@ -112,3 +113,19 @@ def test_calibrate_measures_positive_constants_and_they_round_trip(tmp_path):
     assert all(v > 0 for v in k.to_json().values())
     path = store.save_constants(k.to_json(), tmp_path / "c.json")
     assert Constants(**store.load_constants(path)) == k
+
+
+def test_constants_from_an_older_cost_model_are_not_mixed_in(tmp_path, monkeypatch):
+    """A calibration is fitted jointly: a file that lacks one of today's constants is ignored
+    (with a warning naming it), not merged with the shipped values."""
+    monkeypatch.setenv("FFTBP_CACHE_DIR", str(tmp_path))
+    old = Constants().to_json()
+    del old["product_item_s"]
+    old["product_flops"] = 1e6  # would change every plan if it were used
+    store.save_constants(old)
+    set_constants(None)
+    try:
+        with pytest.warns(UserWarning, match="product_item_s"):
+            assert constants() == Constants()
+    finally:
+        set_constants(None)

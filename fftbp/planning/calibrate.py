@@ -2,7 +2,8 @@
 
 Each constant is measured on the code path it models, with fftbp's own time accounting
 (:func:`fftbp._config.profiling`): the FFTW executes, the channel products and the copies of a
-dense 48x48 layer; the elementwise products of a depthwise layer; the fixed cost of a tiny call;
+dense 48x48 layer, and the products of a 4-channel layer (whose fixed cost per frequency
+they dominate); the elementwise products of a depthwise layer; the fixed cost of a tiny call;
 the direct path's GEMM rate on a stride-1 layer and its unfold rate on a strided one (each
 after subtracting what the model already accounts for); with torch installed, PyTorch's own
 convolution rates on a dense and two depthwise layers (the candidate :mod:`fftbp.torch` plans
@@ -107,7 +108,20 @@ def _measure_constants(reps: int) -> Constants:
     maps = n * c + f * c + n * f
     nfreq = math.prod(shape[:-1]) * (shape[-1] // 2 + 1)
     fft_s = prof["transforms"] / threads / (maps * fft_cost(shape))
-    product_flops = 8.0 * nfreq * n * c * f / max(prof["products"] / threads, 1e-9)
+    t_dense = prof["products"] / threads / nfreq  # per frequency
+    flops_dense = 8.0 * n * c * f
+
+    # the fixed cost of a frequency's product: a layer of 4 channels, where it dominates
+    few = ConvSpec.from_shapes((4, 4, 96, 96), (4, 4, 31, 31), padding=15)
+    xs, ws = _layer(few, rng)
+    few_prof = _profiled(lambda: run_forward(Route("fft"), few, xs, ws, None), reps)
+    few_shape = transform_shape(few)
+    t_few = few_prof["products"] / threads / (math.prod(few_shape[:-1]) * (few_shape[-1] // 2 + 1))
+    flops_few = 8.0 * few.batch * few.in_channels * few.out_channels
+    # t = item + flops / rate for both layers
+    dt = t_dense - t_few
+    product_flops = (flops_dense - flops_few) / dt if dt > 0 else default.product_flops
+    product_item_s = max(t_few - flops_few / product_flops, 1e-9)  # stored constants are > 0
     copied = maps * math.prod(shape) * 4 + maps * nfreq * 8
     copy_bytes = copied / max(prof["copies"] / threads, 1e-9)
 
@@ -147,6 +161,7 @@ def _measure_constants(reps: int) -> Constants:
         fft_s_per_unit=fft_s,
         fft_natural_s_per_unit=fft_natural_s,
         product_flops=product_flops,
+        product_item_s=product_item_s,
         elementwise_s=elementwise_s,
         copy_bytes=copy_bytes,
         direct_flops=direct_flops,

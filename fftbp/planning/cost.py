@@ -34,8 +34,13 @@ class Constants:
     fft_s_per_unit: float = 0.27e-9
     #: the same for the natural-layout transforms of depthwise layers
     fft_natural_s_per_unit: float = 0.09e-9
-    #: complex matrix products per frequency (BLAS cgemm), flop/s
-    product_flops: float = 43e9
+    #: complex matrix products per frequency (one stacked numpy matmul), flop/s, and the fixed
+    #: cost of each frequency's (and group's) product when the batch is above 1: numpy calls
+    #: BLAS once per matrix, which dominates for few channels (per frequency, measured here:
+    #: 168 ns for 4x4x4, 1.1 us for 8x32x32, 19 us for 8x128x128). `fftbp calibrate` solves
+    #: both from a 32-channel and a 4-channel layer (two runs: 57 and 48 GFLOP/s, 153 and 148 ns)
+    product_flops: float = 52e9
+    product_item_s: float = 150e-9
     #: seconds per complex multiply(-add) of the elementwise (depthwise) products
     elementwise_s: float = 0.23e-9
     #: bytes/s of the copies into and out of transform buffers and of reductions' index maps
@@ -103,6 +108,8 @@ def fft_cost_of(
         t_prod = nfreq * n * f * k.elementwise_s * (2 if pass_ == "weight_grad" else 1)
     else:
         t_prod = 8.0 * nfreq * n * f * cg / k.product_flops
+        if n > 1:  # one sample: matrix-vector products and outer products, no BLAS call each
+            t_prod += nfreq * spec.groups * k.product_item_s
     t_prod *= 2.0 if f64 else 1.0
     t_copy = (fwd + inv) * npts * spec.dtype.itemsize / k.copy_bytes
     if not spec.is_depthwise:  # frequency-major spectra are written and read once more

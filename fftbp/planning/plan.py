@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 import threading
+import warnings
 from collections import OrderedDict
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -275,9 +276,18 @@ def constants() -> Constants:
     """The cost model's constants: calibrated for this machine if ``fftbp calibrate`` ran."""
     global _constants
     if _constants is None:
-        values = store.load_constants()
+        values = store.load_constants() or {}
         known = set(Constants.__dataclass_fields__)
-        _constants = Constants(**{k: v for k, v in (values or {}).items() if k in known})
+        if values and not known <= set(values):
+            # constants are fitted jointly: a file from an older cost model is not mixed in
+            warnings.warn(
+                "fftbp: the calibrated constants predate this version's cost model "
+                f"(no {sorted(known - set(values))}); using the shipped ones until "
+                "`fftbp calibrate` runs again",
+                stacklevel=2,
+            )
+            values = {}
+        _constants = Constants(**{k: v for k, v in values.items() if k in known})
     return _constants
 
 
