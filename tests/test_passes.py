@@ -32,6 +32,22 @@ def test_three_passes_match_reference(case, method, dtype, rng):
 
 
 @pytest.mark.parametrize("method", ["fft", "direct"])
+@pytest.mark.parametrize("grouping", ["dense", "grouped", "depthwise_x2"])
+@pytest.mark.parametrize("nd", [1, 2, 3])
+def test_one_sample(nd, grouping, method, rng):
+    """Batch 1: the FFT weight gradient's per-frequency product is an outer product there."""
+    x, w, b, g, kw = make_case(nd, 1, "pairs", 1, grouping, np.float64, rng, batch=1)
+    assert (
+        relative_error(fftbp.conv(x, w, b, **kw, method=method), reference_conv(x, w, b, **kw))
+        <= 1e-11
+    )
+    dx = fftbp.conv_input_grad(x.shape, w, g, **kw, method=method)
+    dw = fftbp.conv_weight_grad(x, w.shape, g, **kw, method=method)
+    assert relative_error(dx, reference_input_grad(x.shape, w, g, **kw)) <= 1e-11
+    assert relative_error(dw, reference_weight_grad(x, w.shape, g, **kw)) <= 1e-11
+
+
+@pytest.mark.parametrize("method", ["fft", "direct"])
 @pytest.mark.parametrize("case", [c for _, c in CASES][::3], ids=[i for i, _ in CASES][::3])
 def test_layer_object_matches_reference(case, method, rng):
     x, w, b, g, kw = make_case(*case, np.float64, rng)
