@@ -30,6 +30,10 @@ a stride-1 layer on maps ``s`` times smaller, with the ``s**nd`` phases as extra
     y[d*p + r] = sum_k xp[d*(p+k) + r] w[k] = sum_k x_r[p + k] w[k],   x_r[j] = xp[d*j + r]
 
 ``d**nd`` undilated layers on maps ``d`` times smaller, the phases as extra batch entries.
+
+Both phase reductions store only the window of phase positions that holds input samples and
+pass the rest to the inner layer as padding (``_PhaseSplit``): the inner FFT then uses the same
+padding-aware transform length as the plain route, instead of transforming zeros.
 """
 
 from __future__ import annotations
@@ -175,7 +179,7 @@ class Tiles(Reduction):
 
 def _phase_in(xp: np.ndarray, count: tuple[int, ...], phases: tuple[int, ...]) -> np.ndarray:
     """``(N, C, *count*phases)`` -> ``(N, C, *phases, *count)``, ``[.., r, j] = xp[.., j*p + r]``
-    per axis (a view; the kernel's phases, which are small)."""
+    per axis (a view; for the kernel, whose phases are small)."""
     nd = len(count)
     v = _split_axes(xp, 2, count, phases)
     return v.transpose(0, 1, *range(3, 3 + 2 * nd, 2), *range(2, 2 + 2 * nd, 2))
@@ -256,10 +260,13 @@ class _PhaseSplit:
         return out
 
 
-def _window_spec(outer: ConvSpec, step: tuple[int, ...], length: tuple[int, ...]):
-    """The phase split of ``outer``'s padded input into lines of ``length``, and the inner
-    layer's ``in_size`` and ``padding``: only the window that holds samples is stored, the rest
-    stays padding, so the inner transforms are no larger than the plain route's."""
+def _window_spec(
+    outer: ConvSpec, step: tuple[int, ...], length: tuple[int, ...]
+) -> tuple[tuple[int, ...], tuple[tuple[int, int], ...], tuple[int, ...]]:
+    """Phase maps of ``length`` positions of ``outer``'s padded input: the inner layer's
+    ``in_size`` and ``padding`` and each axis's first stored position. Only the window that
+    holds samples is stored; the rest stays padding, so the inner transforms are no larger
+    than the plain route's."""
     windows = [
         _data_window(h, lo, st, n)
         for h, (lo, _), st, n in zip(outer.in_size, outer.padding, step, length)
