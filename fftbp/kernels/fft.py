@@ -334,8 +334,8 @@ def _product(
                 lhs, rhs, dst = A.transpose(0, 2, 1, 3), B, O.transpose(0, 2, 1, 3)
             else:
                 lhs, rhs, dst = B.transpose(0, 2, 3, 1), A.transpose(0, 2, 1, 3), O
-            # a weight gradient of one sample is an outer product: a broadcast multiply, which
-            # is 10x faster than a GEMM with inner dimension 1
+            # a weight gradient of one sample is an outer product: a broadcast multiply, 1.8x
+            # faster than a GEMM with inner dimension 1 at 64x64 channels (both write-bound)
             op = np.multiply if kind == "weight" and n == 1 else np.matmul
             if accumulate:
                 dst += op(lhs, rhs)
