@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextvars
 import os
+import statistics
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -25,6 +26,7 @@ __all__ = [
     "get_fftw_effort",
     "get_num_threads",
     "get_workspace_limit",
+    "median_time",
     "parallel_for",
     "parallel_map",
     "parallel_tasks",
@@ -255,6 +257,17 @@ def best_of_rounds(
             total[i] += t
         done += 1
     return best
+
+
+def median_time(fn: Callable[[], object], reps: int = 1) -> float:
+    """Median wall time of ``reps`` calls of ``fn``, after one untimed warm-up call."""
+    fn()
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
 
 
 # -- BLAS threads -------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from fftbp._config import blas_single_threaded, get_num_threads, profiling
+from fftbp._config import blas_single_threaded, get_num_threads, median_time, profiling
 from fftbp._params import ConvSpec
 from fftbp.fft.sizes import fft_cost, transform_shape
 from fftbp.planning import store
@@ -30,16 +30,6 @@ from fftbp.planning.cost import Constants, direct_cost_of
 from fftbp.planning.routes import Route, run_forward
 
 __all__ = ["calibrate"]
-
-
-def _median_time(fn: Callable[[], object], reps: int) -> float:
-    fn()
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def _profiled(fn: Callable[[], object], reps: int) -> dict[str, float]:
@@ -137,13 +127,13 @@ def _measure_constants(reps: int) -> Constants:
 
     call_spec = ConvSpec.from_shapes((1, 1, 8, 8), (1, 1, 3, 3), padding=1)
     x, w = _layer(call_spec, rng)
-    call_s = _median_time(lambda: run_forward(Route("fft"), call_spec, x, w, None), reps * 4)
+    call_s = median_time(lambda: run_forward(Route("fft"), call_spec, x, w, None), reps * 4)
 
     # direct, stride 1 (shifted GEMMs): the GEMM rate, after the modelled copies
     partial = Constants(copy_bytes=copy_bytes, call_s=call_s)
     s1 = ConvSpec.from_shapes((4, 32, 32, 32), (32, 32, 7, 7), padding=3)
     x, w = _layer(s1, rng)
-    t = _median_time(lambda: run_forward(Route("direct"), s1, x, w, None), reps)
+    t = median_time(lambda: run_forward(Route("direct"), s1, x, w, None), reps)
     direct_flops = _solve(
         lambda rate: direct_cost_of(s1, "forward", replace(partial, direct_flops=rate)).seconds,
         t,
@@ -153,7 +143,7 @@ def _measure_constants(reps: int) -> Constants:
     # direct, strided (im2col + GEMM): the unfold's byte rate, after the GEMM
     s2 = ConvSpec.from_shapes((4, 32, 32, 32), (32, 32, 7, 7), stride=2, padding=3)
     x, w = _layer(s2, rng)
-    t = _median_time(lambda: run_forward(Route("direct"), s2, x, w, None), reps)
+    t = median_time(lambda: run_forward(Route("direct"), s2, x, w, None), reps)
     unfold = s2.batch * math.prod(s2.out_size) * s2.in_channels * math.prod(s2.kernel) * 4
     direct_bytes = _rate(unfold, t - 2 * s2.flops / direct_flops - call_s, default.direct_bytes)
 
@@ -194,7 +184,7 @@ def _torch_rates(
         # the best time, not the median: torch is taken at its fastest, so that the planner
         # leaves borderline layers to it
         t = min(
-            _median_time(lambda s=spec, x=x, w=w: _native.forward(s, x, w, None), 1)
+            median_time(lambda s=spec, x=x, w=w: _native.forward(s, x, w, None), 1)
             for _ in range(reps)
         )
         rates[name] = _rate(spec.flops, t, fallback)

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 import fftbp
+from fftbp._config import median_time
 
 __all__ = ["LAYERS", "fftbp_step", "run", "sample", "torch_step", "write"]
 
@@ -91,13 +92,7 @@ def torch_step(
 def sample(fn: Callable[[], None], reps: int = 1) -> float:
     """Pause 0.25 s, one untimed warm-up call, then the median of ``reps`` timed calls."""
     time.sleep(0.25)
-    fn()
-    samples = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        samples.append(time.perf_counter() - t0)
-    return statistics.median(samples)
+    return median_time(fn, reps)
 
 
 def run(
