@@ -8,6 +8,7 @@ constants on this machine). Bad arguments print one line and exit with 2.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 import time
@@ -125,8 +126,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 dynamic_range=args.dynamic_range,
             )
         except (ValueError, TypeError, MemoryError) as exc:
-            print(f"fftbp plan: error: {exc}", file=sys.stderr)
-            return 2
+            return _error("plan", str(exc))
         print(p)
         return 0
     if args.command == "crossover":
@@ -145,6 +145,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+def _error(command: str, msg: str) -> int:
+    """Report a bad argument of ``fftbp <command>`` on stderr; returns the exit status (2)."""
+    print(f"fftbp {command}: error: {msg}", file=sys.stderr)
+    return 2
+
+
+def _odd_kernels(kernels: Sequence[int]) -> str | None:
+    """What is wrong with ``--kernels`` for 'same' padding, or None."""
+    if any(k < 1 or k % 2 == 0 for k in kernels):
+        return f"--kernels: expected odd sizes >= 1 ('same' padding), got {kernels}"
+    return None
+
+
+def _plot_problem(no_plot: bool) -> str | None:
+    """Why the PNG cannot be drawn (matplotlib missing), or None."""
+    if no_plot:
+        return None
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return "the PNG needs matplotlib: pip install 'fftbp[bench]', or use --no-plot"
+    return None
+
+
 def _layers(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -154,15 +178,12 @@ def _layers(args: argparse.Namespace) -> int:
     names = [n for n in args.only.split(",") if n] or list(layers.LAYERS)
     unknown = [n for n in names if n not in layers.LAYERS]
     if unknown:
-        print(
-            f"fftbp layers: error: --only: unknown layer(s) {','.join(unknown)}; "
-            f"choose from {','.join(layers.LAYERS)}",
-            file=sys.stderr,
+        return _error(
+            "layers",
+            f"--only: unknown layer(s) {','.join(unknown)}; choose from {','.join(layers.LAYERS)}",
         )
-        return 2
     if args.rounds < 1 or args.max_call <= 0:
-        print("fftbp layers: error: --rounds and --max-call: expected positive", file=sys.stderr)
-        return 2
+        return _error("layers", "--rounds and --max-call: expected positive")
     torch = not args.no_torch
     if torch:
         try:
@@ -185,9 +206,7 @@ def _accuracy(args: argparse.Namespace) -> int:
     from fftbp.study import accuracy
     from fftbp.study.machine import describe
 
-    def bad(msg: str) -> int:
-        print(f"fftbp accuracy: error: {msg}", file=sys.stderr)
-        return 2
+    bad = functools.partial(_error, "accuracy")
 
     dists = tuple(d for d in args.distributions.split(",") if d)
     dtypes = tuple(d for d in args.dtypes.split(",") if d)
@@ -198,15 +217,12 @@ def _accuracy(args: argparse.Namespace) -> int:
         )
     if not dtypes or any(d not in ("float32", "float64") for d in dtypes):
         return bad(f"--dtypes: expected float32 and/or float64, got {args.dtypes!r}")
-    if any(k < 1 or k % 2 == 0 for k in args.kernels):
-        return bad(f"--kernels: expected odd sizes >= 1 ('same' padding), got {args.kernels}")
+    if msg := _odd_kernels(args.kernels):
+        return bad(msg)
     if any(n < 1 for n in args.sizes) or not any(k <= n for k in args.kernels for n in args.sizes):
         return bad(f"--sizes: expected positive sizes, some >= a kernel, got {args.sizes}")
-    if not args.no_plot:
-        try:
-            import matplotlib  # noqa: F401
-        except ImportError:
-            return bad("the PNG needs matplotlib: pip install 'fftbp[bench]', or use --no-plot")
+    if msg := _plot_problem(args.no_plot):
+        return bad(msg)
     st = accuracy.Study(
         kernels=tuple(sorted(set(args.kernels))),
         sizes=tuple(sorted(set(args.sizes))),
@@ -226,23 +242,18 @@ def _crossover(ap: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     from fftbp.study import crossover
     from fftbp.study.machine import describe
 
-    def bad(msg: str) -> int:
-        print(f"fftbp crossover: error: {msg}", file=sys.stderr)
-        return 2
+    bad = functools.partial(_error, "crossover")
 
-    if any(k < 1 or k % 2 == 0 for k in args.kernels):
-        return bad(f"--kernels: expected odd sizes >= 1 ('same' padding), got {args.kernels}")
+    if msg := _odd_kernels(args.kernels):
+        return bad(msg)
     if args.size < 1 or args.batch < 1 or args.channels < 1:
         return bad("--size, --batch and --channels: expected positive ints")
     if args.groups < 1 or args.channels % args.groups:
         return bad(f"--groups: must divide --channels={args.channels}, got {args.groups}")
     if max(args.kernels) > args.size:
         return bad(f"--kernels: the largest ({max(args.kernels)}) exceeds --size={args.size}")
-    if not args.no_plot:
-        try:
-            import matplotlib  # noqa: F401
-        except ImportError:
-            return bad("the PNG needs matplotlib: pip install 'fftbp[bench]', or use --no-plot")
+    if msg := _plot_problem(args.no_plot):
+        return bad(msg)
     sw = crossover.Sweep(
         kernels=tuple(sorted(set(args.kernels))),
         size=args.size,
