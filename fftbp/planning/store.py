@@ -26,6 +26,7 @@ import pyfftw
 
 __all__ = [
     "cache_dir",
+    "cpu_model",
     "load_constants",
     "load_wisdom",
     "machine_fingerprint",
@@ -50,7 +51,8 @@ def cache_dir() -> Path:
     return (Path(xdg) if xdg else Path.home() / ".cache") / "fftbp"
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``, else what ``platform`` reports)."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -62,7 +64,7 @@ def _cpu_model() -> str:
 
 def machine_fingerprint() -> str:
     """What decides whether timings transfer: CPU, core count, library versions."""
-    parts = [_cpu_model(), str(os.cpu_count()), np.__version__, pyfftw.__version__]
+    parts = [cpu_model(), str(os.cpu_count()), np.__version__, pyfftw.__version__]
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
 
