@@ -31,6 +31,13 @@ def _args(spec: ConvSpec) -> tuple[list[int], list[int], list[int], bool, list[i
     return list(spec.stride), pad, list(spec.dilation), False, [0] * spec.nd, spec.groups
 
 
+def _padded_input(spec: ConvSpec, x: np.ndarray) -> torch.Tensor:
+    """x as a tensor (no copy when contiguous), explicitly padded when the padding is
+    asymmetric (ATen takes one value per axis)."""
+    xt = torch.from_numpy(np.ascontiguousarray(x))
+    return xt if _symmetric(spec) else torch.nn.functional.pad(xt, _pad_arg(spec))
+
+
 def _padded_shape(spec: ConvSpec) -> tuple[int, ...]:
     if _symmetric(spec):
         return spec.input_shape
@@ -39,9 +46,7 @@ def _padded_shape(spec: ConvSpec) -> tuple[int, ...]:
 
 
 def forward(spec: ConvSpec, x: np.ndarray, w: np.ndarray, b: np.ndarray | None) -> np.ndarray:
-    xt = torch.from_numpy(np.ascontiguousarray(x))
-    if not _symmetric(spec):
-        xt = torch.nn.functional.pad(xt, _pad_arg(spec))
+    xt = _padded_input(spec, x)
     bt = None if b is None else torch.from_numpy(b)
     with torch.no_grad():
         y = torch.ops.aten.convolution(xt, torch.from_numpy(w), bt, *_args(spec))
@@ -72,9 +77,7 @@ def input_grad(spec: ConvSpec, w: np.ndarray, g: np.ndarray) -> np.ndarray:
 
 
 def weight_grad(spec: ConvSpec, x: np.ndarray, g: np.ndarray) -> np.ndarray:
-    xt = torch.from_numpy(np.ascontiguousarray(x))
-    if not _symmetric(spec):
-        xt = torch.nn.functional.pad(xt, _pad_arg(spec))
+    xt = _padded_input(spec, x)
     w_meta = torch.empty(spec.weight_shape, dtype=xt.dtype)
     with torch.no_grad():
         dw = torch.ops.aten.convolution_backward(
