@@ -32,16 +32,13 @@ from typing import Any
 import numpy as np
 
 from benchmarks.machine import describe
-from fftbp._config import blas_single_threaded
-from fftbp._params import ConvSpec
-from fftbp.planning.cost import PASSES, estimate
-from fftbp.planning.plan import (
-    candidate_routes,
-    constants,
-    describe_spec,
-    plan_for_spec,
-    time_routes,
-)
+from fftbp._config import call_settings as blas_single_threaded
+from fftbp._params import PASSES, ConvSpec
+from fftbp.engine.measure import measured_plan, time_routes
+from fftbp.planning.candidates import candidate_routes
+from fftbp.planning.cost import estimate
+from fftbp.planning.decision import describe_spec
+from fftbp.planning.planner import Ask, constants, plan_for_spec
 from fftbp.planning.routes import Route
 
 
@@ -139,7 +136,7 @@ def run_layer(kw: dict[str, Any], max_call: float) -> dict[str, Any]:
     t0 = time.perf_counter()
     est = plan_for_spec(spec)
     t_plan = time.perf_counter() - t0
-    meas = plan_for_spec(spec, mode="measure")
+    meas = measured_plan(spec, Ask.make())
     routes = candidate_routes(spec)
     times: dict[str, dict[str, float]] = {}
     skipped: list[str] = []

@@ -18,9 +18,11 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 __all__ = [
+    "WorkspaceWarning",
     "best_of_rounds",
     "blas_single_threaded",
     "get_fftw_effort",
@@ -33,12 +35,24 @@ __all__ = [
     "set_fftw_effort",
     "set_num_threads",
     "set_workspace_limit",
-    "workspace_limit_override",
+    "call_settings",
+    "current_call",
 ]
 
 _FFTW_EFFORTS = ("FFTW_ESTIMATE", "FFTW_MEASURE", "FFTW_PATIENT", "FFTW_EXHAUSTIVE")
 #: Fraction of physical memory that one fftbp call may use for its workspace by default.
 DEFAULT_WORKSPACE_FRACTION = 0.25
+
+
+class WorkspaceWarning(UserWarning):
+    """One sample of a pass needs more workspace than the limit allows: fftbp computes it one
+    sample at a time and uses more than the limit (a plan made with ``memory_limit`` never
+    does: its routes fit, or planning raises ``MemoryError``)."""
+
+
+def physical_memory() -> int:
+    """Bytes of physical memory (8 GiB where the system does not say)."""
+    return _physical_memory()
 
 
 def _physical_memory() -> int:
@@ -73,49 +87,80 @@ if _state["effort"] not in _FFTW_EFFORTS:
         f"FFTBP_FFTW_EFFORT: expected one of {', '.join(_FFTW_EFFORTS)}, got {_state['effort']!r}"
     )
 _pool: ThreadPoolExecutor | None = None
+_pool_size = 0
 _pool_lock = threading.Lock()
 
 
 def get_num_threads() -> int:
-    """Number of threads fftbp uses (default: all cores, or ``FFTBP_NUM_THREADS``)."""
-    return int(_state["threads"])
+    """Number of threads fftbp uses (default: all cores, or ``FFTBP_NUM_THREADS``).
+
+    Inside an fftbp call this is the count the call started with (:func:`call_settings`), so a
+    :func:`set_num_threads` from another thread never changes a running call's split of work.
+    """
+    call = _call.get()
+    return call.threads if call is not None else int(_state["threads"])
 
 
 def set_num_threads(n: int) -> None:
-    """Set the number of threads fftbp uses for transforms and channel products."""
-    global _pool
+    """Set the number of threads fftbp uses for transforms and channel products.
+
+    Calls already running keep their thread count; the worker pool grows when needed and is
+    never shut down under a running call.
+    """
     if not isinstance(n, int) or isinstance(n, bool) or n < 1:
         raise ValueError(f"n: expected a positive int, got {n!r}")
-    with _pool_lock:
-        _state["threads"] = n
-        if _pool is not None:
-            _pool.shutdown(wait=True)
-            _pool = None
+    _state["threads"] = n
 
 
-_workspace_override: contextvars.ContextVar[int | None] = contextvars.ContextVar(
-    "fftbp_workspace_override", default=None
+@dataclass(frozen=True)
+class CallSettings:
+    """What one fftbp call runs with, fixed when it starts: worker threads and workspace bytes."""
+
+    threads: int
+    limit: int
+
+
+_call: contextvars.ContextVar[CallSettings | None] = contextvars.ContextVar(
+    "fftbp_call", default=None
 )
+
+
+def current_call() -> CallSettings:
+    """The settings of the running call, or those a call would start with now."""
+    call = _call.get()
+    if call is not None:
+        return call
+    return CallSettings(int(_state["threads"]), int(_state["workspace"]))
+
+
+@contextmanager
+def call_settings(limit: int | None = None) -> Iterator[CallSettings]:
+    """Fix the thread count and the workspace limit for the calls made in this context (this
+    thread), and hold BLAS at one thread meanwhile. ``limit`` (a plan's, or what a forward pass
+    ran under) replaces the global limit; nested contexts keep the outer thread count and never
+    raise the outer limit."""
+    outer = _call.get()
+    threads = outer.threads if outer is not None else int(_state["threads"])
+    if limit is None:
+        limit = outer.limit if outer is not None else int(_state["workspace"])
+    elif outer is not None:
+        limit = min(outer.limit, int(limit))
+    settings = CallSettings(threads, int(limit))
+    token = _call.set(settings)
+    try:
+        with blas_single_threaded():
+            yield settings
+    finally:
+        _call.reset(token)
 
 
 def get_workspace_limit() -> int:
     """Bytes of scratch memory one fftbp call may use (default: 25% of physical memory).
 
-    Inside :func:`workspace_limit_override` (a plan's ``memory_limit``) the smaller of the two.
+    Inside a call, the limit that call runs under (a plan's ``memory_limit`` when smaller).
     """
-    limit = int(_state["workspace"])
-    override = _workspace_override.get()
-    return limit if override is None else min(limit, override)
-
-
-@contextmanager
-def workspace_limit_override(nbytes: int | None) -> Iterator[None]:
-    """Bound the workspace of the calls made in this context (this thread) to ``nbytes``."""
-    token = _workspace_override.set(nbytes)
-    try:
-        yield
-    finally:
-        _workspace_override.reset(token)
+    call = _call.get()
+    return call.limit if call is not None else int(_state["workspace"])
 
 
 def set_workspace_limit(nbytes: int) -> None:
@@ -138,11 +183,27 @@ def set_fftw_effort(effort: str) -> None:
 
 
 def _get_pool(n: int) -> ThreadPoolExecutor:
-    global _pool
+    """A pool with at least ``n - 1`` workers. A larger one replaces a smaller one without
+    shutting it down: calls holding the old one finish on it, and its idle workers exit when
+    it is garbage."""
+    global _pool, _pool_size
     with _pool_lock:
-        if _pool is None:
-            _pool = ThreadPoolExecutor(max_workers=max(n - 1, 1), thread_name_prefix="fftbp")
+        if _pool is None or _pool_size < n - 1:
+            _pool_size = max(n - 1, 1)
+            _pool = ThreadPoolExecutor(max_workers=_pool_size, thread_name_prefix="fftbp")
         return _pool
+
+
+def _after_fork_in_child() -> None:
+    """A forked child has none of the parent's worker threads: start a fresh pool on demand,
+    with fresh locks (a lock held by a parent thread at fork time would never be released)."""
+    global _pool, _pool_size, _pool_lock, _blas_lock, _blas_depth, _profile_lock
+    _pool, _pool_size = None, 0
+    _pool_lock = threading.Lock()
+    _blas_lock = threading.Lock()
+    _blas_depth = 0
+    _blas_saved.clear()
+    _profile_lock = threading.Lock()
 
 
 def split_range(n: int, parts: int, align: int = 1) -> list[tuple[int, int]]:
@@ -175,8 +236,12 @@ def parallel_map(fn: Callable[[int, int, int], None], ranges: list[tuple[int, in
     if len(ranges) == 1:
         fn(0, *ranges[0])
     else:
-        pool = _get_pool(get_num_threads())
-        futures = [pool.submit(fn, i, a, b) for i, (a, b) in enumerate(ranges[:-1])]
+        pool = _get_pool(len(ranges))
+        # each task runs in a copy of the caller's context: the call's settings travel along
+        futures = [
+            pool.submit(contextvars.copy_context().run, fn, i, a, b)
+            for i, (a, b) in enumerate(ranges[:-1])
+        ]
         error: BaseException | None = None
         try:
             fn(len(ranges) - 1, *ranges[-1])
@@ -373,3 +438,6 @@ _NO_TIMER = _NoTimer()
 def timed(category: str) -> _Timer | _NoTimer:
     """Account the block's time to ``category`` when :func:`profiling` is on (else free)."""
     return _NO_TIMER if _profile is None else _Timer(category)
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -8,8 +8,20 @@ import pytest
 
 import fftbp
 from fftbp._params import ConvSpec
-from fftbp.planning.plan import Choice, Plan, candidate_routes
-from fftbp.planning.routes import Route, run_forward, run_input_grad, run_weight_grad
+from fftbp.engine import run_pass
+from fftbp.planning import Choice, Plan, Route, candidate_routes
+
+
+def run_forward(route, spec, x, w, b):
+    return run_pass(route, spec, "forward", x, w, b)
+
+
+def run_input_grad(route, spec, w, g):
+    return run_pass(route, spec, "input_grad", w, g)
+
+
+def run_weight_grad(route, spec, x, g):
+    return run_pass(route, spec, "weight_grad", x, g)
 from fftbp.testing import (
     TOLERANCE,
     reference_conv,
@@ -146,8 +158,10 @@ def test_auto_runs_the_plan(rng):
     x = rng.standard_normal((2, 3, 20, 20))
     w = rng.standard_normal((4, 3, 9, 9))
     p = fftbp.plan(x.shape, w.shape, padding=4, dtype="float64")
-    np.testing.assert_array_equal(fftbp.conv(x, w, padding=4), p.forward(x, w))
-    np.testing.assert_array_equal(fftbp.conv(x, w, padding=4, method=p), p.forward(x, w))
+    by_plan = fftbp.conv(x, w, padding=4, method=p)
+    np.testing.assert_array_equal(fftbp.conv(x, w, padding=4), by_plan)
+    route = p.forward_choice.route
+    np.testing.assert_array_equal(run_pass(route, p.spec, "forward", x, w), by_plan)
 
 
 def test_plan_for_another_layer_is_rejected(rng):

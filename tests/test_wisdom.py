@@ -13,9 +13,9 @@ import pytest
 
 import fftbp
 from fftbp.planning import store
-from fftbp.planning.calibrate import calibrate
+from fftbp.engine.calibrate import calibrate
 from fftbp.planning.cost import Constants
-from fftbp.planning.plan import constants, set_constants
+from fftbp.planning.planner import constants, set_constants
 
 LAYER = "((2, 3, 24, 24), (4, 3, 7, 7))"
 
@@ -69,7 +69,9 @@ def test_measured_decisions_round_trip_between_processes(tmp_path):
         ("{not json", "ignoring unreadable wisdom file"),
         ('{"format": "something-else"}', "not an fftbp wisdom file"),
         (
-            json.dumps({"format": "fftbp-wisdom", "version": 1, "fingerprint": "0" * 16}),
+            json.dumps(
+                {"format": "fftbp-wisdom", "version": store.VERSION, "fingerprint": "0" * 16}
+            ),
             "made on another machine",
         ),
         ("MACHINE", "malformed wisdom file"),
@@ -81,7 +83,7 @@ def test_unusable_wisdom_file_only_warns(tmp_path, content, message):
         content = json.dumps(
             {
                 "format": "fftbp-wisdom",
-                "version": 1,
+                "version": store.VERSION,
                 "fingerprint": store.machine_fingerprint(),
                 "decisions": {},
                 "fftw": ["%%%", "", ""],

@@ -9,17 +9,22 @@ a separate transpose).
 Each worker thread transforms its own slice of the batch in sub-chunks through a plan that owns
 a small real-space scratch array: the caller's ``fill`` writes a sub-chunk into it (padding,
 flipping, dilating on the way) and FFTW writes the spectrum straight into the caller's
-frequency-major array; ``irfft_batch`` runs the reverse. Plans are keyed by everything that
-affects them and kept in a bounded LRU cache; a lock per plan makes them safe to share between
-Python threads.
+frequency-major array; ``irfft_batch`` runs the reverse.
+
+Plans are keyed by everything that affects them and lent out by a bounded pool: a caller checks
+a plan out (:func:`checkout`), owns it and its arrays until it hands it back, and a second
+caller asking for the same key meanwhile gets a plan of its own. No two calls ever share a plan's
+arrays, whichever threads they run on.
 """
 
 from __future__ import annotations
 
 import math
+import os
 import threading
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
 import numpy as np
@@ -36,7 +41,7 @@ __all__ = [
     "rfft_batch",
 ]
 
-#: Most plans kept; each holds a scratch array of at most ``_SCRATCH_BYTES``.
+#: Most free plans kept; each holds a scratch array of at most ``_SCRATCH_BYTES``.
 MAX_PLANS = 256
 #: Target size of one sub-chunk's real-space scratch: small enough to stay in L2 between the
 #: fill copy and the transform (1 MiB L2 per core on the reference machine).
@@ -48,31 +53,44 @@ ReadFn = Callable[[np.ndarray, int, int], None]
 
 
 class _Plan:
-    __slots__ = ("fftw", "lock", "scratch")
+    __slots__ = ("fftw", "scratch")
 
     def __init__(self, fftw: Any, scratch: np.ndarray) -> None:
         self.fftw = fftw
         self.scratch = scratch
-        self.lock = threading.Lock()
 
 
-_cache: OrderedDict[tuple[Any, ...], _Plan] = OrderedDict()
+#: key -> plans not lent out (most recently returned last); LRU over keys
+_free: OrderedDict[tuple[Any, ...], list[_Plan]] = OrderedDict()
+_free_count = 0
 _cache_lock = threading.Lock()
 _stats = {"hits": 0, "misses": 0, "executes": 0, "forward_maps": 0, "inverse_maps": 0}
 
 
 def clear_plan_cache() -> None:
     """Drop every cached plan (FFTW wisdom stays, so replanning is quick)."""
+    global _free_count
     with _cache_lock:
-        _cache.clear()
+        _free.clear()
+        _free_count = 0
 
 
 def plan_cache_info() -> dict[str, int]:
-    """Counters: cache ``hits``/``misses``/``size``, FFTW ``executes``, and the number of maps
-    transformed so far by real-to-complex (``forward_maps``) and complex-to-real
-    (``inverse_maps``) transforms."""
+    """Counters: cache ``hits``/``misses``/``size`` (plans not lent out), FFTW ``executes``,
+    and the number of maps transformed so far by real-to-complex (``forward_maps``) and
+    complex-to-real (``inverse_maps``) transforms."""
     with _cache_lock:
-        return {**_stats, "size": len(_cache)}
+        return {**_stats, "size": _free_count}
+
+
+def _after_fork_in_child() -> None:
+    global _cache_lock, _free_count
+    _cache_lock = threading.Lock()
+    _free.clear()  # plans lent out at fork time belong to threads the child does not have
+    _free_count = 0
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _strided_scratch(
@@ -86,30 +104,43 @@ def _strided_scratch(
     return np.lib.stride_tricks.as_strided(base, shape=shape, strides=strides)
 
 
-def _cached(key: tuple[Any, ...], build: Callable[[], _Plan]) -> _Plan:
-    """The plan under ``key`` from the LRU cache, built (outside the lock) on a miss."""
+@contextmanager
+def checkout(key: tuple[Any, ...], build: Callable[[], _Plan]) -> Iterator[_Plan]:
+    """Lend the caller a plan for ``key`` (a free cached one, else a new one built outside the
+    lock) and take it back afterwards; at most :data:`MAX_PLANS` free plans are kept."""
+    global _free_count
     with _cache_lock:
-        plan = _cache.get(key)
+        free = _free.get(key)
+        plan = free.pop() if free else None
         if plan is not None:
-            _cache.move_to_end(key)
+            _free_count -= 1
             _stats["hits"] += 1
-            return plan
-        _stats["misses"] += 1
-    plan = build()
-    with _cache_lock:
-        _cache[key] = plan
-        while len(_cache) > MAX_PLANS:
-            _cache.popitem(last=False)
-    return plan
+        else:
+            _stats["misses"] += 1
+    if plan is None:
+        plan = build()
+    try:
+        yield plan
+    finally:
+        with _cache_lock:
+            _free.setdefault(key, []).append(plan)
+            _free.move_to_end(key)
+            _free_count += 1
+            while _free_count > MAX_PLANS:
+                oldest = next(iter(_free))
+                _free[oldest].pop(0)
+                _free_count -= 1
+                if not _free[oldest]:
+                    del _free[oldest]
 
 
-def _get_plan(
-    forward: bool, b: int, shape: tuple[int, ...], real: np.dtype, spec_view: np.ndarray, slot: int
-) -> _Plan:
+def _strided_key(
+    forward: bool, b: int, shape: tuple[int, ...], real: np.dtype, spec_view: np.ndarray
+) -> tuple[tuple[Any, ...], bool, str]:
     aligned = spec_view.ctypes.data % _ALIGN == 0
     effort = get_fftw_effort()
-    key = (forward, b, shape, real.str, spec_view.shape, spec_view.strides, aligned, slot, effort)
-    return _cached(key, lambda: _build_strided(forward, b, shape, real, spec_view, aligned, effort))
+    key = (forward, b, shape, real.str, spec_view.shape, spec_view.strides, aligned, effort)
+    return key, aligned, effort
 
 
 def _build_strided(
@@ -183,11 +214,12 @@ def _run(forward: bool, spec: np.ndarray, shape: tuple[int, ...], io: FillFn) ->
     real = np.dtype(np.float32 if spec.dtype == np.complex64 else np.float64)
     sub = _chunking(total, shape, real)
 
-    def work(slot: int, b0: int, b1: int) -> None:
+    def work(_slot: int, b0: int, b1: int) -> None:
         view = spec[..., b0:b1]
-        plan = _get_plan(forward, b1 - b0, shape, real, view, slot)
+        key, aligned, effort = _strided_key(forward, b1 - b0, shape, real, view)
+        build = lambda: _build_strided(forward, b1 - b0, shape, real, view, aligned, effort)  # noqa: E731
         view_t = np.moveaxis(view, -1, 0)
-        with plan.lock:
+        with checkout(key, build) as plan:
             if forward:
                 io(plan.scratch, b0, b1)
                 plan.fftw.update_arrays(plan.scratch, view_t)
@@ -204,24 +236,24 @@ def _run(forward: bool, spec: np.ndarray, shape: tuple[int, ...], io: FillFn) ->
 
 
 def execute(plan: _Plan) -> None:
-    """Run a plan (the caller holds its lock), accounting the time when profiling is on."""
+    """Run a plan the caller has checked out, accounting the time when profiling is on."""
     with timed("transforms"):
         plan.fftw.execute()
 
 
 def owned_plan(
-    forward: bool, b: int, shape: tuple[int, ...], real: np.dtype, slot: int, tag: str = ""
-) -> _Plan:
-    """A cached plan transforming ``b`` maps between two arrays it owns, in natural layout.
+    forward: bool, b: int, shape: tuple[int, ...], real: np.dtype, tag: str = ""
+) -> AbstractContextManager[_Plan]:
+    """Check out a plan transforming ``b`` maps between two arrays it owns, in natural layout.
 
     ``plan.fftw.input_array`` / ``plan.fftw.output_array`` are ``(b, *shape)`` real and
-    ``(b, *half)`` complex (swapped for the inverse). Hold ``plan.lock`` while using them.
-    A caller that rebinds the plan's arrays (``fftw.update_arrays``) passes its own ``tag`` so
-    that no other caller is handed that plan.
+    ``(b, *half)`` complex (swapped for the inverse), the caller's until the ``with`` block
+    ends. A caller that rebinds the plan's arrays (``fftw.update_arrays``) passes its own
+    ``tag`` so that it is handed back only to callers that rebind them too.
     """
     effort = get_fftw_effort()
-    key = ("owned", tag, forward, b, shape, real.str, slot, effort)
-    return _cached(key, lambda: _build_owned(forward, b, shape, real, effort))
+    key = ("owned", tag, forward, b, shape, real.str, effort)
+    return checkout(key, lambda: _build_owned(forward, b, shape, real, effort))
 
 
 def _build_owned(

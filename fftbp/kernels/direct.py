@@ -33,31 +33,14 @@ from collections.abc import Iterator
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from fftbp._config import get_num_threads, get_workspace_limit, parallel_tasks, split_range
+from fftbp._arrays import pad_or_crop
+from fftbp._config import get_num_threads, parallel_tasks, split_range
 from fftbp._params import ConvSpec
 
-__all__ = ["forward", "input_grad", "pad_or_crop", "weight_grad"]
+__all__ = ["BLOCK_CAP", "forward", "input_grad", "weight_grad"]
 
-_BLOCK_CAP = 128 << 20
-
-
-def pad_or_crop(x: np.ndarray, pairs: tuple[tuple[int, int], ...]) -> np.ndarray:
-    """Zero-pad (positive) or crop (negative) the trailing ``len(pairs)`` axes of ``x``."""
-    nd = len(pairs)
-    lead = x.ndim - nd
-    crop = tuple(
-        slice(max(-lo, 0), x.shape[lead + i] - max(-hi, 0)) for i, (lo, hi) in enumerate(pairs)
-    )
-    x = x[(slice(None),) * lead + crop]
-    if all(lo <= 0 and hi <= 0 for lo, hi in pairs):
-        return x
-    size = tuple(x.shape[lead + i] + max(lo, 0) + max(hi, 0) for i, (lo, hi) in enumerate(pairs))
-    out = np.zeros(x.shape[:lead] + size, dtype=x.dtype)
-    inner = tuple(
-        slice(max(lo, 0), max(lo, 0) + x.shape[lead + i]) for i, (lo, _) in enumerate(pairs)
-    )
-    out[(slice(None),) * lead + inner] = x
-    return out
+#: largest unfolded block of the strided kernels (the engine may pass a smaller budget)
+BLOCK_CAP = 128 << 20
 
 
 def _windows(spec: ConvSpec, x: np.ndarray) -> np.ndarray:
@@ -70,9 +53,8 @@ def _windows(spec: ConvSpec, x: np.ndarray) -> np.ndarray:
     return v[(slice(None), slice(None)) + sl]
 
 
-def _blocks(spec: ConvSpec) -> Iterator[tuple[slice, slice]]:
-    """(sample slice, first-output-axis slice) blocks whose unfolded matrix fits the budget."""
-    budget = min(get_workspace_limit(), _BLOCK_CAP)
+def _blocks(spec: ConvSpec, budget: int) -> Iterator[tuple[slice, slice]]:
+    """(sample slice, first-output-axis slice) blocks whose unfolded matrix fits ``budget``."""
     row_bytes = (
         spec.in_channels
         * math.prod(spec.kernel)
@@ -105,26 +87,32 @@ def _cols(
 
 
 def forward(
-    spec: ConvSpec, x: np.ndarray, w: np.ndarray, bias: np.ndarray | None = None
+    spec: ConvSpec,
+    x: np.ndarray,
+    w: np.ndarray,
+    bias: np.ndarray | None = None,
+    *,
+    block_bytes: int = BLOCK_CAP,
 ) -> np.ndarray:
-    """y = conv(x, w) + bias; returns ``(N, F, *out)``."""
+    """y = conv(x, w) + bias; returns ``(N, F, *out)`` (``block_bytes``: the strided kernel's
+    largest unfolded block)."""
     if all(st == 1 for st in spec.stride):
         y = _shifted_forward(spec, x, w)
     else:
-        y = _im2col_forward(spec, x, w)
+        y = _im2col_forward(spec, x, w, block_bytes)
     if bias is not None:
         y += bias.reshape((-1,) + (1,) * spec.nd)
     return y
 
 
-def _im2col_forward(spec: ConvSpec, x: np.ndarray, w: np.ndarray) -> np.ndarray:
+def _im2col_forward(spec: ConvSpec, x: np.ndarray, w: np.ndarray, budget: int) -> np.ndarray:
     """y = conv(x, w) by im2col + GEMM."""
     g, nd = spec.groups, spec.nd
     fg = spec.out_channels // g
     wm = w.reshape(g, fg, -1).transpose(0, 2, 1)  # (g, Cg*K, Fg)
     win = _windows(spec, x)
     y = np.empty(spec.output_shape, dtype=spec.dtype)
-    for ns, rs in _blocks(spec):
+    for ns, rs in _blocks(spec, budget):
         cols, out = _cols(spec, win, ns, rs)
         res = np.matmul(cols, wm)  # (g, n*out, Fg)
         n = res.shape[1] // math.prod(out)
@@ -168,14 +156,16 @@ def input_grad(spec: ConvSpec, w: np.ndarray, g: np.ndarray) -> np.ndarray:
     return forward(t_spec, gp, wt)
 
 
-def weight_grad(spec: ConvSpec, x: np.ndarray, g: np.ndarray) -> np.ndarray:
+def weight_grad(
+    spec: ConvSpec, x: np.ndarray, g: np.ndarray, *, block_bytes: int = BLOCK_CAP
+) -> np.ndarray:
     """dw = sum over samples and outputs of g times the shifted x; ``(F, C/g, *k)``."""
     if all(st == 1 for st in spec.stride):
         return _shifted_weight_grad(spec, x, g)
-    return _im2col_weight_grad(spec, x, g)
+    return _im2col_weight_grad(spec, x, g, block_bytes)
 
 
-def _im2col_weight_grad(spec: ConvSpec, x: np.ndarray, g: np.ndarray) -> np.ndarray:
+def _im2col_weight_grad(spec: ConvSpec, x: np.ndarray, g: np.ndarray, budget: int) -> np.ndarray:
     """dw = sum over samples and outputs of g times the unfolded x."""
     groups, nd = spec.groups, spec.nd
     fg = spec.out_channels // groups
@@ -183,7 +173,7 @@ def _im2col_weight_grad(spec: ConvSpec, x: np.ndarray, g: np.ndarray) -> np.ndar
     dw = np.zeros(
         (groups, fg, (spec.in_channels // groups) * math.prod(spec.kernel)), dtype=spec.dtype
     )
-    for ns, rs in _blocks(spec):
+    for ns, rs in _blocks(spec, budget):
         cols, out = _cols(spec, win, ns, rs)
         gb = g[ns, :, rs]
         n = gb.shape[0]

@@ -40,20 +40,17 @@ FFT path marks more of them.
 from __future__ import annotations
 
 import math
+import threading
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pyfftw
 
-from fftbp._config import (
-    get_num_threads,
-    get_workspace_limit,
-    parallel_for,
-    timed,
-)
-from fftbp._params import ConvSpec
+from fftbp._config import get_num_threads, parallel_for, timed
+from fftbp._params import ConvSpec, Pass
 from fftbp.fft import irfft_batch, rfft_batch, transform_shape
 
 __all__ = [
@@ -138,20 +135,17 @@ class FFTLayout:
     def spectrum_bytes(self, maps: int) -> int:
         return self.nfreq * maps * self.complex_dtype.itemsize
 
-    def spectrum(
-        self, maps: int, ws: dict[str, np.ndarray] | None = None, name: str = ""
-    ) -> np.ndarray:
-        """A frequency-major buffer, reused from the workspace ``ws`` under ``name`` if it fits.
+    def spectrum(self, maps: int, pool: SpectrumPool | None = None) -> np.ndarray:
+        """A frequency-major buffer of ``maps`` maps, lent by ``pool`` (None: a new one).
 
         Reusing buffers across steps matters: a fresh 40 MB array costs 5-35 ms of page faults
         on the reference machine, as much as its transforms.
         """
-        if ws is None:
+        if pool is None:
             return self.empty_spectrum(maps)
-        buf = ws.get(name)
-        if buf is None or buf.shape != (*self.half_shape, maps) or buf.dtype != self.complex_dtype:
-            buf = ws[name] = self.empty_spectrum(maps)
-        return buf
+        return pool.take(
+            (*self.half_shape, maps), self.complex_dtype, lambda: self.empty_spectrum(maps)
+        )
 
     def empty_spectrum(self, maps: int) -> np.ndarray:
         """Uninitialised frequency-major array ``(*half_shape, maps)``.
@@ -165,6 +159,37 @@ class FFTLayout:
             ld += 8
         raw = pyfftw.empty_aligned((*self.half_shape, ld), dtype=self.complex_dtype, n=64)
         return raw[..., :maps]
+
+
+class SpectrumPool:
+    """Spectrum buffers lent to one call at a time (thread-safe): a :class:`fftbp.Conv` keeps
+    one so that its training steps reuse memory, and no two running calls share a buffer."""
+
+    def __init__(self, max_free: int = 4) -> None:
+        self._free: dict[tuple[Any, ...], list[np.ndarray]] = {}
+        self._max_free = max_free
+        self._lock = threading.Lock()
+
+    def take(
+        self, shape: tuple[int, ...], dtype: np.dtype, make: Callable[[], np.ndarray]
+    ) -> np.ndarray:
+        """A free buffer of ``shape`` and ``dtype``, else a new one, ``make()``."""
+        key = (shape, np.dtype(dtype).str)
+        with self._lock:
+            free = self._free.get(key)
+            if free:
+                return free.pop()
+        return make()
+
+    def give(self, buf: np.ndarray | None) -> None:
+        """Take back a buffer its borrower no longer reads or writes."""
+        if buf is None:
+            return
+        key = (buf.shape, buf.dtype.str)
+        with self._lock:
+            free = self._free.setdefault(key, [])
+            if len(free) < self._max_free:
+                free.append(buf)
 
 
 def layout(spec: ConvSpec, shape: tuple[int, ...] | None = None) -> FFTLayout:
@@ -239,11 +264,10 @@ def _spectrum(
     src: np.ndarray,
     place: tuple[slice, ...],
     flip: bool,
-    ws: dict[str, np.ndarray] | None = None,
-    name: str = "",
+    pool: SpectrumPool | None = None,
 ) -> np.ndarray:
     """rfft of every map of ``src`` (shape ``(B, *size)``) placed at ``place`` in a zero buffer."""
-    spec_arr = lay.spectrum(src.shape[0], ws, name)
+    spec_arr = lay.spectrum(src.shape[0], pool)
     if flip:
         src = flip_maps(src)
 
@@ -254,12 +278,10 @@ def _spectrum(
     return spec_arr
 
 
-def input_spectrum(
-    lay: FFTLayout, x: np.ndarray, ws: dict[str, np.ndarray] | None = None
-) -> np.ndarray:
+def input_spectrum(lay: FFTLayout, x: np.ndarray, pool: SpectrumPool | None = None) -> np.ndarray:
     """Xf: spectrum of each input map placed reversed at the buffer's start; ``(*half, n*C)``."""
     flat = x.reshape(-1, *lay.spec.in_size)
-    return _spectrum(lay, flat, lay.x_place, True, ws, "xf")
+    return _spectrum(lay, flat, lay.x_place, True, pool)
 
 
 def weight_spectrum(lay: FFTLayout, w: np.ndarray) -> np.ndarray:
@@ -268,12 +290,10 @@ def weight_spectrum(lay: FFTLayout, w: np.ndarray) -> np.ndarray:
     return _spectrum(lay, flat, lay.w_place, flip=False)
 
 
-def grad_spectrum(
-    lay: FFTLayout, g: np.ndarray, ws: dict[str, np.ndarray] | None = None
-) -> np.ndarray:
+def grad_spectrum(lay: FFTLayout, g: np.ndarray, pool: SpectrumPool | None = None) -> np.ndarray:
     """Gf: spectrum of each grad_output map upsampled by the stride; ``(*half, n*F)``."""
     flat = g.reshape(-1, *lay.spec.out_size)
-    return _spectrum(lay, flat, lay.g_place, False, ws, "gf")
+    return _spectrum(lay, flat, lay.g_place, False, pool)
 
 
 # -- channel products at each frequency ----------------------------------------------------------
@@ -291,7 +311,7 @@ def _view(arr: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
 
 def _product(
     lay: FFTLayout,
-    kind: str,
+    kind: Pass,
     a: np.ndarray,
     b: np.ndarray,
     out: np.ndarray,
@@ -300,23 +320,23 @@ def _product(
     """Per-frequency channel contraction of one pass; see the table in the module docstring.
 
     Shapes (Q frequencies, n batch, g groups, Cg/Fg channels per group), all frequency-major:
-    ``forward``: a=Xf (Q,n,g,Cg), b=Wf (Q,g,Fg,Cg) -> out (Q,n,g,Fg), sum over Cg
-    ``input``:   a=Gf (Q,n,g,Fg), b=Wf (Q,g,Fg,Cg) -> out (Q,n,g,Cg), sum over Fg
-    ``weight``:  a=Xf (Q,n,g,Cg), b=Gf (Q,n,g,Fg) -> out (Q,g,Fg,Cg), sum over n
+    forward:      a=Xf (Q,n,g,Cg), b=Wf (Q,g,Fg,Cg) -> out (Q,n,g,Fg), sum over Cg
+    input grad:   a=Gf (Q,n,g,Fg), b=Wf (Q,g,Fg,Cg) -> out (Q,n,g,Cg), sum over Fg
+    weight grad:  a=Xf (Q,n,g,Cg), b=Gf (Q,n,g,Fg) -> out (Q,g,Fg,Cg), sum over n
     """
     spec = lay.spec
     q, g = lay.nfreq, spec.groups
     cg, fg = spec.in_channels // g, spec.out_channels // g
-    if kind == "weight":
+    if kind == Pass.WEIGHT_GRAD:
         n = a.shape[-1] // spec.in_channels
         a4 = _view(a, (q, n, g, cg))
         b4 = _view(b, (q, n, g, fg))
         o4 = _view(out, (q, g, fg, cg))
     else:
-        n = a.shape[-1] // (spec.in_channels if kind == "forward" else spec.out_channels)
-        a4 = _view(a, (q, n, g, cg if kind == "forward" else fg))
+        n = a.shape[-1] // (spec.in_channels if kind == Pass.FORWARD else spec.out_channels)
+        a4 = _view(a, (q, n, g, cg if kind == Pass.FORWARD else fg))
         b4 = _view(b, (q, g, fg, cg))
-        o4 = _view(out, (q, n, g, fg if kind == "forward" else cg))
+        o4 = _view(out, (q, n, g, fg if kind == Pass.FORWARD else cg))
     per_freq = (a4[0].size + b4[0].size + o4[0].size) * a.itemsize
     step = _block_len(per_freq)
     depthwise = cg == 1
@@ -324,27 +344,27 @@ def _product(
     def block(q0: int, q1: int) -> None:
         A, B, O = a4[q0:q1], b4[q0:q1], o4[q0:q1]
         if not depthwise:  # one stacked matmul per block, straight into O unless accumulating
-            if kind == "forward":
+            if kind == Pass.FORWARD:
                 lhs, rhs, dst = (
                     A.transpose(0, 2, 1, 3),
                     B.transpose(0, 1, 3, 2),
                     O.transpose(0, 2, 1, 3),
                 )
-            elif kind == "input":
+            elif kind == Pass.INPUT_GRAD:
                 lhs, rhs, dst = A.transpose(0, 2, 1, 3), B, O.transpose(0, 2, 1, 3)
             else:
                 lhs, rhs, dst = B.transpose(0, 2, 3, 1), A.transpose(0, 2, 1, 3), O
             # a weight gradient of one sample is an outer product: a broadcast multiply, 1.8x
             # faster than a GEMM with inner dimension 1 at 64x64 channels (both write-bound)
-            op = np.multiply if kind == "weight" and n == 1 else np.matmul
+            op = np.multiply if kind == Pass.WEIGHT_GRAD and n == 1 else np.matmul
             if accumulate:
                 dst += op(lhs, rhs)
             else:
                 op(lhs, rhs, out=dst)
             return
-        if kind == "forward":  # out[q,n,g,f] = x[q,n,g] * w[q,g,f]
+        if kind == Pass.FORWARD:  # out[q,n,g,f] = x[q,n,g] * w[q,g,f]
             r = np.multiply(A, B[:, None, :, :, 0])
-        elif kind == "input":  # out[q,n,g,0] = sum_f gy[q,n,g,f] * w[q,g,f]
+        elif kind == Pass.INPUT_GRAD:  # out[q,n,g,0] = sum_f gy[q,n,g,f] * w[q,g,f]
             r = np.multiply(A, B[:, None, :, :, 0])
             r = r if fg == 1 else r.sum(axis=-1, keepdims=True)
         else:  # out[q,g,f,0] = sum_n gy[q,n,g,f] * x[q,n,g]
@@ -384,29 +404,33 @@ def forward_from_spectra(
     xf: np.ndarray,
     wf: np.ndarray,
     bias: np.ndarray | None = None,
-    ws: dict[str, np.ndarray] | None = None,
+    pool: SpectrumPool | None = None,
 ) -> np.ndarray:
     """y from Xf (``(*half, n*C)``) and Wf; returns ``(n, F, *out)``."""
     spec = lay.spec
     n = xf.shape[-1] // spec.in_channels
-    prod = lay.spectrum(n * spec.out_channels, ws, "yf")
-    _product(lay, "forward", xf, wf, prod)
+    prod = lay.spectrum(n * spec.out_channels, pool)
+    _product(lay, Pass.FORWARD, xf, wf, prod)
     y = np.empty((n, spec.out_channels, *spec.out_size), dtype=spec.dtype)
     rows = None if bias is None else np.tile(bias, n)
     _inverse(lay, prod, y.reshape(n * spec.out_channels, *spec.out_size), lay.out_index, rows)
+    if pool is not None:
+        pool.give(prod)
     return y
 
 
 def input_grad_from_spectra(
-    lay: FFTLayout, gf: np.ndarray, wf: np.ndarray, ws: dict[str, np.ndarray] | None = None
+    lay: FFTLayout, gf: np.ndarray, wf: np.ndarray, pool: SpectrumPool | None = None
 ) -> np.ndarray:
     """dx from Gf (``(*half, n*F)``) and Wf; returns ``(n, C, *in)``."""
     spec = lay.spec
     n = gf.shape[-1] // spec.out_channels
-    prod = lay.spectrum(n * spec.in_channels, ws, "dxf")
-    _product(lay, "input", gf, wf, prod)
+    prod = lay.spectrum(n * spec.in_channels, pool)
+    _product(lay, Pass.INPUT_GRAD, gf, wf, prod)
     dx = np.empty((n, spec.in_channels, *spec.in_size), dtype=spec.dtype)
     _inverse(lay, prod, dx.reshape(n * spec.in_channels, *spec.in_size), lay.dx_index)
+    if pool is not None:
+        pool.give(prod)
     return dx
 
 
@@ -415,76 +439,68 @@ def weight_grad_spectrum(
     xf: np.ndarray,
     gf: np.ndarray,
     out: np.ndarray | None = None,
-    ws: dict[str, np.ndarray] | None = None,
+    pool: SpectrumPool | None = None,
 ) -> np.ndarray:
     """The weight gradient's spectrum ``sum_n Xf . Gf``, accumulated into ``out`` if given."""
     spec = lay.spec
     maps = spec.out_channels * (spec.in_channels // spec.groups)
     if out is None:
-        out = lay.spectrum(maps, ws, "dwf")
-        _product(lay, "weight", xf, gf, out)
+        out = lay.spectrum(maps, pool)
+        _product(lay, Pass.WEIGHT_GRAD, xf, gf, out)
     else:
-        _product(lay, "weight", xf, gf, out, accumulate=True)
+        _product(lay, Pass.WEIGHT_GRAD, xf, gf, out, accumulate=True)
     return out
 
 
-def weight_grad_from_spectra(lay: FFTLayout, dwf: np.ndarray) -> np.ndarray:
-    """dw from its spectrum (see :func:`weight_grad_spectrum`); returns ``(F, C/groups, *k)``."""
+def weight_grad_from_spectra(
+    lay: FFTLayout, dwf: np.ndarray, pool: SpectrumPool | None = None
+) -> np.ndarray:
+    """dw from its spectrum (see :func:`weight_grad_spectrum`, which ``dwf`` is destroyed by);
+    returns ``(F, C/groups, *k)``."""
     spec = lay.spec
     dw = np.empty(spec.weight_shape, dtype=spec.dtype)
     _inverse(lay, dwf, dw.reshape(-1, *spec.kernel), lay.dw_index)
+    if pool is not None:
+        pool.give(dwf)
     return dw
 
 
-# -- whole passes, chunked over the batch to bound the workspace --------------------------------
-def batch_chunk(lay: FFTLayout, maps_per_sample: int) -> int:
-    """Samples per chunk so that the chunk's spectra fit the workspace limit."""
-    per_sample = lay.spectrum_bytes(maps_per_sample)
-    return max(1, min(lay.spec.batch, get_workspace_limit() // max(per_sample, 1)))
-
-
+# -- whole passes over a batch chunk: the engine (fftbp.engine) chunks the batch ---------------
 def forward(
     lay: FFTLayout,
     x: np.ndarray,
-    w: np.ndarray,
+    wf: np.ndarray,
     bias: np.ndarray | None = None,
-    wf: np.ndarray | None = None,
+    pool: SpectrumPool | None = None,
 ) -> np.ndarray:
-    """Forward pass by FFT, in batch chunks under the workspace limit."""
-    spec = lay.spec
-    wf = weight_spectrum(lay, w) if wf is None else wf
-    step = batch_chunk(lay, spec.in_channels + spec.out_channels)
-    if step >= spec.batch:
-        return forward_from_spectra(lay, input_spectrum(lay, x), wf, bias)
-    y = np.empty(spec.output_shape, dtype=spec.dtype)
-    for n0 in range(0, spec.batch, step):
-        xs = x[n0 : n0 + step]
-        y[n0 : n0 + step] = forward_from_spectra(lay, input_spectrum(lay, xs), wf, bias)
+    """Forward pass of the samples of ``x`` by FFT, from the weight spectrum ``wf``."""
+    xf = input_spectrum(lay, x, pool)
+    y = forward_from_spectra(lay, xf, wf, bias, pool)
+    if pool is not None:
+        pool.give(xf)
     return y
 
 
 def input_grad(
-    lay: FFTLayout, w: np.ndarray, g: np.ndarray, wf: np.ndarray | None = None
+    lay: FFTLayout, wf: np.ndarray, g: np.ndarray, pool: SpectrumPool | None = None
 ) -> np.ndarray:
-    """Input gradient by FFT, in batch chunks under the workspace limit."""
-    spec = lay.spec
-    wf = weight_spectrum(lay, w) if wf is None else wf
-    step = batch_chunk(lay, spec.in_channels + spec.out_channels)
-    dx = np.empty(spec.input_shape, dtype=spec.dtype)
-    for n0 in range(0, spec.batch, step):
-        gs = g[n0 : n0 + step]
-        dx[n0 : n0 + step] = input_grad_from_spectra(lay, grad_spectrum(lay, gs), wf)
+    """Input gradient of the samples of ``g`` by FFT, from the weight spectrum ``wf``."""
+    gf = grad_spectrum(lay, g, pool)
+    dx = input_grad_from_spectra(lay, gf, wf, pool)
+    if pool is not None:
+        pool.give(gf)
     return dx
 
 
-def weight_grad(lay: FFTLayout, x: np.ndarray, g: np.ndarray) -> np.ndarray:
-    """Weight gradient by FFT; the batch sum is accumulated in the frequency domain."""
+def weight_grad(lay: FFTLayout, x: np.ndarray, g: np.ndarray, chunk: int) -> np.ndarray:
+    """Weight gradient by FFT over ``chunk`` samples at a time; the batch sum is accumulated in
+    the frequency domain (one inverse transform in all)."""
     spec = lay.spec
-    step = batch_chunk(lay, spec.in_channels + spec.out_channels)
     dwf = None
-    for n0 in range(0, spec.batch, step):
-        xf = input_spectrum(lay, x[n0 : n0 + step])
-        gf = grad_spectrum(lay, g[n0 : n0 + step])
+    for n0 in range(0, spec.batch, chunk):
+        xf = input_spectrum(lay, x[n0 : n0 + chunk])
+        gf = grad_spectrum(lay, g[n0 : n0 + chunk])
         dwf = weight_grad_spectrum(lay, xf, gf, dwf)
+        del xf, gf  # before the next chunk's spectra are made
     assert dwf is not None
     return weight_grad_from_spectra(lay, dwf)

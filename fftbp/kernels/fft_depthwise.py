@@ -25,6 +25,7 @@ The 1/n normalisation is folded into the stored Wf (and into the weight gradient
 from __future__ import annotations
 
 import math
+from contextlib import ExitStack
 
 import numpy as np
 import pyfftw
@@ -69,9 +70,8 @@ def weight_spectrum(lay: FFTLayout, w: np.ndarray) -> np.ndarray:
     out = np.empty((2, f, *lay.half_shape), dtype=lay.complex_dtype)
     step = _chunk(lay, f, 1)
 
-    def body(slot: int, _n: int, c0: int) -> None:
-        p = owned_plan(True, step, lay.shape, spec.dtype, slot)
-        with p.lock:
+    def body(_slot: int, _n: int, c0: int) -> None:
+        with owned_plan(True, step, lay.shape, spec.dtype) as p:
             place_maps(p.fftw.input_array, wflat[c0 : c0 + step], lay.w_place)
             execute(p)
             np.multiply(p.fftw.output_array, lay.scale, out=out[0, c0 : c0 + step])
@@ -112,11 +112,12 @@ def forward(
     place, y_index = _x_place(lay), _y_index(lay)
     brows = None if bias is None else bias.reshape(c_, m)
 
-    def body(slot: int, n: int, c0: int) -> None:
-        fp = owned_plan(True, step, lay.shape, spec.dtype, slot, tag="xf" if direct else "x")
-        ip = owned_plan(False, step * m, lay.shape, spec.dtype, slot)
+    def body(_slot: int, n: int, c0: int) -> None:
         b0 = n * c_ + c0
-        with fp.lock, ip.lock:
+        with (
+            owned_plan(True, step, lay.shape, spec.dtype, tag="xf" if direct else "x") as fp,
+            owned_plan(False, step * m, lay.shape, spec.dtype) as ip,
+        ):
             place_maps(fp.fftw.input_array, xflat[b0 : b0 + step], place)
             if direct:
                 fp.fftw.update_arrays(fp.fftw.input_array, xf[b0 : b0 + step])
@@ -172,29 +173,29 @@ def backward(
     step = _chunk(lay, c_, m + 1, parts=2 * get_num_threads())
     x_place, w_index = _x_place(lay), _w_index(lay)
 
-    def body(slot: int, _n: int, c0: int) -> None:
+    def body(_slot: int, _n: int, c0: int) -> None:
         acc = np.zeros((step, m, *lay.half_shape), dtype=lay.complex_dtype) if need_dw else None
         for n in range(n_):
             b0 = n * c_ + c0
-            xs = None
-            if acc is not None:
-                if xf is not None:
-                    xs = xf[b0 : b0 + step]
-                else:  # recompute this chunk's Xf (its own plan: it stays valid while Gf is used)
-                    fp = owned_plan(True, step, lay.shape, spec.dtype, slot, tag="x")
-                    with fp.lock:
+            with ExitStack() as held:  # every plan is held until its arrays are last read
+                xs = None
+                if acc is not None:
+                    if xf is not None:
+                        xs = xf[b0 : b0 + step]
+                    else:  # recompute this chunk's Xf
+                        fp = held.enter_context(
+                            owned_plan(True, step, lay.shape, spec.dtype, tag="x")
+                        )
                         place_maps(fp.fftw.input_array, xflat[b0 : b0 + step], x_place)
                         execute(fp)
                         xs = fp.fftw.output_array
-            gp = owned_plan(True, step * m, lay.shape, spec.dtype, slot, tag="g")
-            with gp.lock:
+                gp = held.enter_context(owned_plan(True, step * m, lay.shape, spec.dtype, tag="g"))
                 g0 = n * f_ + c0 * m
                 place_maps(gp.fftw.input_array, gflat[g0 : g0 + step * m], lay.g_place)
                 execute(gp)
                 gs = gp.fftw.output_array.reshape(step, m, *lay.half_shape)
                 if dxflat is not None and w_c is not None:
-                    ip = owned_plan(False, step, lay.shape, spec.dtype, slot)
-                    with ip.lock:
+                    with owned_plan(False, step, lay.shape, spec.dtype) as ip:
                         prod = ip.fftw.input_array
                         with timed("products"):
                             if m == 1:
@@ -210,8 +211,7 @@ def backward(
                         acc += gs
         if acc is None or dwflat is None:
             return
-        p = owned_plan(False, step * m, lay.shape, spec.dtype, slot)
-        with p.lock:
+        with owned_plan(False, step * m, lay.shape, spec.dtype) as p:
             p.fftw.input_array[...] = acc.reshape(step * m, *lay.half_shape)
             execute(p)
             dest = dwflat[c0 : c0 + step].reshape(step * m, *spec.kernel)

@@ -1,16 +1,21 @@
-"""The planner: per layer and per pass, choose between direct, whole-map FFT and tiled FFT."""
+"""The planner: per layer and per pass, choose between direct, whole-map FFT and tiled FFT.
 
-from fftbp.planning.plan import METHOD_NAMES, Plan, candidate_routes, plan, resolve
+Planning describes; it never runs a convolution (measure mode is :mod:`fftbp.engine.measure`).
+"""
+
+from fftbp.planning.candidates import candidate_routes
+from fftbp.planning.decision import Choice, Plan
+from fftbp.planning.planner import plan_for_spec, resolve
 from fftbp.planning.routes import Route
 from fftbp.planning.store import load_wisdom, save_wisdom
 
 __all__ = [
-    "METHOD_NAMES",
+    "Choice",
     "Plan",
     "Route",
     "candidate_routes",
     "load_wisdom",
-    "plan",
+    "plan_for_spec",
     "resolve",
     "save_wisdom",
 ]

@@ -16,13 +16,12 @@ from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
-from fftbp._params import ConvSpec
+from fftbp._params import PASSES, ConvSpec, Pass
 from fftbp.fft.sizes import fft_cost, transform_shape
 from fftbp.planning.routes import Route
+from fftbp.planning.workspace import Workspace, workspace
 
-__all__ = ["Constants", "PassCost", "estimate"]
-
-PASSES = ("forward", "input_grad", "weight_grad")
+__all__ = ["PASSES", "Constants", "PassCost", "estimate"]
 
 
 @dataclass(frozen=True)
@@ -74,27 +73,41 @@ class Constants:
 
 @dataclass(frozen=True)
 class PassCost:
-    """Estimated seconds, peak workspace bytes, and the least workspace the route can run in
-    (the kernels chunk their work under the workspace limit, down to one sample or block)."""
+    """Estimated seconds and workspace (:mod:`fftbp.planning.workspace`) of one pass: the
+    engine chunks the batch under the workspace limit, down to one sample."""
 
     seconds: float
-    bytes: int
-    min_bytes: int
+    memory: Workspace
+    batch: int
+
+    @property
+    def bytes(self) -> int:
+        """Peak workspace with the whole batch in one chunk."""
+        return self.memory.at(self.batch)
+
+    @property
+    def min_bytes(self) -> int:
+        """The least workspace the pass runs in (one sample per chunk)."""
+        return self.memory.at(1)
+
+    def bytes_within(self, limit: int) -> int:
+        """Peak workspace of the run under ``limit`` (the chunk the engine will use)."""
+        return self.memory.at(max(1, self.memory.chunk(self.batch, limit)))
 
 
-def _maps(spec: ConvSpec, pass_: str, have: frozenset[str]) -> tuple[int, int]:
+def _maps(spec: ConvSpec, pass_: Pass, have: frozenset[str]) -> tuple[int, int]:
     """(forward transforms, inverse transforms) of one pass by whole-map FFT, not counting the
     spectra in ``have`` (``"x"``, ``"w"``, ``"g"``: kept from another pass)."""
     n, c, f, cg = spec.batch, spec.in_channels, spec.out_channels, spec.in_channels // spec.groups
-    need = {"forward": "xw", "input_grad": "gw", "weight_grad": "xg"}[pass_]
+    need = {Pass.FORWARD: "xw", Pass.INPUT_GRAD: "gw", Pass.WEIGHT_GRAD: "xg"}[pass_]
     sizes = {"x": n * c, "w": f * cg, "g": n * f}
-    inv = {"forward": n * f, "input_grad": n * c, "weight_grad": f * cg}[pass_]
+    inv = {Pass.FORWARD: n * f, Pass.INPUT_GRAD: n * c, Pass.WEIGHT_GRAD: f * cg}[pass_]
     return sum(sizes[s] for s in need if s not in have), inv
 
 
 def fft_cost_of(
-    spec: ConvSpec, pass_: str, k: Constants, have: frozenset[str] = frozenset()
-) -> PassCost:
+    spec: ConvSpec, pass_: Pass, k: Constants, have: frozenset[str] = frozenset()
+) -> float:
     """Whole-map FFT of ``spec`` (no reductions)."""
     shape = transform_shape(spec)
     npts = math.prod(shape)
@@ -105,7 +118,7 @@ def fft_cost_of(
     t_fft = (fwd + inv) * fft_cost(shape) * unit * (1.8 if f64 else 1.0)
     n, c, f, cg = spec.batch, spec.in_channels, spec.out_channels, spec.in_channels // spec.groups
     if spec.is_depthwise:
-        t_prod = nfreq * n * f * k.elementwise_s * (2 if pass_ == "weight_grad" else 1)
+        t_prod = nfreq * n * f * k.elementwise_s * (2 if pass_ == Pass.WEIGHT_GRAD else 1)
     else:
         t_prod = 8.0 * nfreq * n * f * cg / k.product_flops
         if n > 1:  # one sample: matrix-vector products and outer products, no BLAS call each
@@ -114,16 +127,11 @@ def fft_cost_of(
     t_copy = (fwd + inv) * npts * spec.dtype.itemsize / k.copy_bytes
     if not spec.is_depthwise:  # frequency-major spectra are written and read once more
         t_copy += (fwd + inv) * nfreq * 2 * spec.dtype.itemsize / k.copy_bytes
-    csize = 2 * spec.dtype.itemsize
-    wbytes = f * cg * nfreq * csize
-    per_sample = (c + f) * nfreq * csize
     t_maps = (fwd + inv) * k.map_s if spec.nd > 1 else 0.0
-    return PassCost(
-        t_fft + t_prod + t_copy + t_maps + k.call_s, wbytes + n * per_sample, wbytes + per_sample
-    )
+    return t_fft + t_prod + t_copy + t_maps + k.call_s
 
 
-def direct_cost_of(spec: ConvSpec, pass_: str, k: Constants) -> PassCost:
+def direct_cost_of(spec: ConvSpec, pass_: Pass, k: Constants) -> float:
     """The direct kernels: shifted GEMMs for stride 1 (the input gradient is a stride-1 forward
     pass of the upsampled grad_output), im2col + GEMM for the strided forward and weight grad."""
     f64 = spec.dtype.itemsize == 8
@@ -131,9 +139,9 @@ def direct_cost_of(spec: ConvSpec, pass_: str, k: Constants) -> PassCost:
     nk = math.prod(spec.kernel)
     n, c, f = spec.batch, spec.in_channels, spec.out_channels
     strided = any(s > 1 for s in spec.stride)
-    if pass_ == "input_grad" or not strided:
+    if pass_ == Pass.INPUT_GRAD or not strided:
         # flattened padded rows: positions per sample of the (transposed) stride-1 layer
-        if pass_ == "input_grad":
+        if pass_ == Pass.INPUT_GRAD:
             rows, padded = (
                 spec.in_size[0],
                 [h + e - 1 for h, e in zip(spec.in_size, spec.kernel_extent)],
@@ -151,7 +159,7 @@ def direct_cost_of(spec: ConvSpec, pass_: str, k: Constants) -> PassCost:
             # planner benchmark: depthwise 3x3 ran at 0.6-0.85 of a 5-access estimate)
             moved = nk * n * outs * positions * 3 * item
             t = moved / k.copy_bytes
-        elif pass_ == "weight_grad":
+        elif pass_ == Pass.WEIGHT_GRAD:
             # per offset a (Fg x m) @ (m x Cg) GEMM over pieces of m positions: thin GEMMs,
             # measured at 31, 51, 36, 54, 80 GFLOP/s for 4, 8, 16, 32, 64 channels
             flops = 2.0 * n * f * (c // spec.groups) * positions * nk
@@ -165,47 +173,52 @@ def direct_cost_of(spec: ConvSpec, pass_: str, k: Constants) -> PassCost:
             t_mem = nk * n * (ins + 2 * outs) * positions * item / k.copy_bytes
             t = max(t_gemm, t_mem) + nk * n * outs * positions * item / k.copy_bytes
         inputs = n * ins * math.prod(padded) * item
-        t += inputs / k.copy_bytes + k.call_s
-        full = inputs + n * outs * positions * item  # flat copies of the whole batch
-        return PassCost(t, full, full)
+        return t + inputs / k.copy_bytes + k.call_s
     cols = n * math.prod(spec.out_size) * c * nk
     unfold = cols * item
     # the GEMM reads its unfolded operand from memory: about half the shifted kernels' rate
-    t = 2 * spec.flops / k.direct_flops * (2.0 if f64 else 1.0) + unfold / k.direct_bytes + k.call_s
-    return PassCost(t, min(unfold, 128 << 20), unfold // (n * spec.out_size[0]))
+    return 2 * spec.flops / k.direct_flops * (2.0 if f64 else 1.0) + unfold / k.direct_bytes + k.call_s
 
 
-def torch_cost_of(spec: ConvSpec, pass_: str, k: Constants) -> PassCost:
+def torch_cost_of(spec: ConvSpec, pass_: Pass, k: Constants) -> float:
     """PyTorch's native convolution: the layer's flops at a rate chosen by which oneDNN path
     torch takes (measured, see :class:`Constants`); its workspace is its own, counted as the
     layer's output."""
     kmax = max(spec.kernel)
     if spec.in_channels // spec.groups > 1:
         rate = k.torch_dense_flops
-    elif pass_ == "forward":
+    elif pass_ == Pass.FORWARD:
         rate = k.torch_dw_fast_flops if kmax <= 13 else k.torch_dw_slow_flops
-    elif pass_ == "input_grad" and spec.nd < 3:
+    elif pass_ == Pass.INPUT_GRAD and spec.nd < 3:
         rate = k.torch_dw_fast_flops
     else:
         rate = k.torch_dw_fast_flops if kmax <= 3 and spec.nd < 3 else k.torch_dw_slow_flops
-    t = spec.flops / rate * (2.0 if spec.dtype.itemsize == 8 else 1.0) + k.call_s
-    out = math.prod(spec.output_shape) * spec.dtype.itemsize
-    return PassCost(t, out, out)
+    return spec.flops / rate * (2.0 if spec.dtype.itemsize == 8 else 1.0) + k.call_s
 
 
 def estimate(
-    route: Route, spec: ConvSpec, pass_: str, k: Constants, have: frozenset[str] = frozenset()
+    route: Route,
+    spec: ConvSpec,
+    pass_: Pass,
+    k: Constants,
+    have: frozenset[str] = frozenset(),
+    threads: int = 1,
 ) -> PassCost:
-    """Estimated seconds and peak workspace bytes of ``pass_`` by ``route`` on ``spec``
-    (``have``: spectra another pass already made, see :func:`_maps`)."""
+    """Estimated seconds and workspace of ``pass_`` by ``route`` on ``spec`` with ``threads``
+    workers (``have``: spectra another pass already made, see :func:`_maps`)."""
+    memory = workspace(route, spec, pass_, threads)
+    return PassCost(_seconds(route, spec, pass_, k, have), memory, spec.batch)
+
+
+def _seconds(
+    route: Route, spec: ConvSpec, pass_: Pass, k: Constants, have: frozenset[str]
+) -> float:
     if route.precision and spec.dtype.itemsize == 4:  # cast in, compute in float64, cast out
-        wide = estimate(
+        wide = _seconds(
             replace(route, precision=""), replace(spec, dtype=np.dtype(np.float64)), pass_, k, have
         )
         moved = 12 * (math.prod(spec.input_shape) + math.prod(spec.output_shape))
-        return PassCost(
-            wide.seconds + moved / k.copy_bytes, wide.bytes + moved, wide.min_bytes + moved
-        )
+        return wide + moved / k.copy_bytes
     chain = route.reductions(spec)
     inner = chain[-1].inner if chain else spec
     if route.base == "fft":
@@ -222,11 +235,9 @@ def estimate(
         i = r.inner
         extra += max(0, i.batch - r.outer.batch) * k.tile_s
         sizes = {
-            "forward": math.prod(i.input_shape) + math.prod(i.output_shape),
-            "input_grad": math.prod(i.output_shape) + 2 * math.prod(i.input_shape),
-            "weight_grad": math.prod(i.input_shape) + math.prod(i.output_shape),
+            Pass.FORWARD: math.prod(i.input_shape) + math.prod(i.output_shape),
+            Pass.INPUT_GRAD: math.prod(i.output_shape) + 2 * math.prod(i.input_shape),
+            Pass.WEIGHT_GRAD: math.prod(i.input_shape) + math.prod(i.output_shape),
         }
         moved += sizes[pass_] * item
-    return PassCost(
-        base.seconds + moved / k.copy_bytes + extra, base.bytes + moved, base.min_bytes + moved
-    )
+    return base + moved / k.copy_bytes + extra

@@ -45,7 +45,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from fftbp._params import ConvSpec
+from fftbp._params import ConvSpec, Pass
 from fftbp.fft.sizes import transform_shape
 
 __all__ = ["C_DIRECT", "C_FFT", "DataRange", "dynamic_range", "predicted_error", "route_error"]
@@ -72,23 +72,18 @@ class DataRange:
                 return d
         return self.whole
 
-    def decade(self) -> tuple[int, tuple[tuple[tuple[int, ...], int], ...]]:
-        """The range rounded up to decades (the plan cache key)."""
-        up = lambda d: math.ceil(math.log10(max(d, 1.0)) - 1e-9)  # noqa: E731
-        return up(self.whole), tuple((w, up(d)) for w, d in self.tiles)
 
-
-def _terms(spec: ConvSpec, pass_: str) -> int:
+def _terms(spec: ConvSpec, pass_: Pass) -> int:
     return {
-        "forward": spec.in_channels // spec.groups,
-        "input_grad": spec.out_channels // spec.groups,
-        "weight_grad": spec.batch,
+        Pass.FORWARD: spec.in_channels // spec.groups,
+        Pass.INPUT_GRAD: spec.out_channels // spec.groups,
+        Pass.WEIGHT_GRAD: spec.batch,
     }[pass_]
 
 
 def predicted_error(
     spec: ConvSpec,
-    pass_: str,
+    pass_: Pass,
     base: str,
     transform: tuple[int, ...] | None,
     dtype: np.dtype,
@@ -101,7 +96,7 @@ def predicted_error(
     terms = _terms(spec, pass_)
     if base != "fft":
         # rounding errors of a long accumulation add up like a random walk
-        taps = math.prod(spec.kernel) if pass_ != "weight_grad" else math.prod(spec.out_size)
+        taps = math.prod(spec.kernel) if pass_ != Pass.WEIGHT_GRAD else math.prod(spec.out_size)
         return C_DIRECT * eps * (1.0 + math.sqrt(terms * taps))
     n = math.prod(transform or transform_shape(spec))
     return C_FFT * eps * (1.0 + math.log2(n) + math.log2(max(terms, 1))) * max(dyn, 1.0)
@@ -138,7 +133,7 @@ def _ratio(s: np.ndarray, window_blocks: tuple[int, ...] | None) -> float:
 
 def dynamic_range(
     spec: ConvSpec,
-    pass_: str,
+    pass_: Pass,
     a: np.ndarray,
     b: np.ndarray | None = None,
     tiles: tuple[tuple[int, ...], ...] = (),
@@ -146,17 +141,17 @@ def dynamic_range(
     """The dynamic range of a pass's data operand ``a`` (x forward, grad_output input grad; for
     the weight gradient ``a`` = x and ``b`` = grad_output), within whole maps and within the
     windows of overlap-save ``tiles`` (outputs per tile)."""
-    if pass_ == "weight_grad" and b is not None:
+    if pass_ == Pass.WEIGHT_GRAD and b is not None:
         return DataRange(_weight_grad_range(spec, a, b))
     ext = spec.kernel_extent
-    if pass_ == "input_grad":  # grad_output on the output grid: the kernel spans e/s of it
+    if pass_ == Pass.INPUT_GRAD:  # grad_output on the output grid: the kernel spans e/s of it
         ext = tuple(max(1, -(-e // s)) for e, s in zip(ext, spec.stride))
     block = tuple(max(1, -(-e // 2)) for e in ext)
     s = _block_maxima(a, block)
     whole = _ratio(s, None)
     ranges = []
     for t in tiles:
-        if pass_ == "forward":  # the tile's input window
+        if pass_ == Pass.FORWARD:  # the tile's input window
             window = tuple((ti - 1) * st + e for ti, st, e in zip(t, spec.stride, ext))
         else:  # the tile's grad_output window
             window = tuple(ti + e - 1 for ti, e in zip(t, ext))
@@ -164,7 +159,7 @@ def dynamic_range(
     return DataRange(whole, tuple(ranges))
 
 
-def route_error(route: Any, spec: ConvSpec, pass_: str, dyn: DataRange) -> float:
+def route_error(route: Any, spec: ConvSpec, pass_: Pass, dyn: DataRange) -> float:
     """Predicted error of ``pass_`` of ``spec`` by ``route`` on data of range ``dyn``."""
     dtype = np.dtype(np.float64) if route.precision else spec.dtype
     inner = route.inner(spec)

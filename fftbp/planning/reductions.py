@@ -46,7 +46,7 @@ from functools import cached_property
 import numpy as np
 
 from fftbp._params import ConvSpec
-from fftbp.kernels.direct import pad_or_crop
+from fftbp._arrays import pad_or_crop
 
 __all__ = ["DilationPhases", "Polyphase", "Reduction", "Tiles"]
 
@@ -92,8 +92,6 @@ class Reduction:
     def dw_out(self, dw: np.ndarray) -> np.ndarray:
         return dw
 
-    def describe(self) -> str:
-        return self.name
 
 
 @dataclass(frozen=True)
@@ -133,8 +131,6 @@ class Tiles(Reduction):
             padding=((0, 0),) * s.nd,
         )
 
-    def describe(self) -> str:
-        return f"tiles {'x'.join(map(str, self.tile))} out ({'x'.join(map(str, self.counts))})"
 
     def x_in(self, x: np.ndarray) -> np.ndarray:
         s = self.outer
@@ -311,8 +307,6 @@ class Polyphase(Reduction):
             padding=padding,
         )
 
-    def describe(self) -> str:
-        return f"polyphase {'x'.join(map(str, self.outer.stride))}"
 
     def x_in(self, x: np.ndarray) -> np.ndarray:
         return self._x.split(x).reshape(self.inner.input_shape)
@@ -376,8 +370,6 @@ class DilationPhases(Reduction):
             padding=padding,
         )
 
-    def describe(self) -> str:
-        return f"dilation phases {'x'.join(map(str, self.outer.dilation))}"
 
     def _batch(self, a: np.ndarray) -> np.ndarray:
         """``(N, *d, C, *count)`` -> ``(N * prod(d), C, *count)`` (a view)."""

@@ -1,30 +1,23 @@
-"""Routes: one way to compute a pass (base kernel + optional reductions), and running them.
+"""Routes: one way to compute a pass (base kernel + optional reductions), as data.
 
 A :class:`Route` names an algorithm the planner can choose: the base kernel (``"fft"``: whole
-maps, ``"direct"``: im2col + GEMM, ``"torch"``: PyTorch's native convolution, a candidate only
-when :mod:`fftbp.torch` plans), optionally after a stride or dilation decomposition
-(``prep``) and overlap-save tiling (``tile``, FFT only). Routes are small, hashable and
-serialisable, so measured decisions can be stored.
+maps, ``"direct"``: shifted GEMMs / im2col + GEMM, ``"torch"``: PyTorch's native convolution,
+which :mod:`fftbp.torch` registers with the engine), optionally after a stride or dilation
+decomposition (``prep``) and overlap-save tiling (``tile``, FFT only). Routes are small,
+hashable and serialisable, so measured decisions can be stored; :mod:`fftbp.engine` runs them.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
-import numpy as np
-
 from fftbp._params import ConvSpec
-from fftbp.kernels import direct as _direct
-from fftbp.kernels import fft as _fft
-from fftbp.kernels import fft_depthwise as _fdw
 from fftbp.planning.reductions import DilationPhases, Polyphase, Reduction, Tiles
 
-__all__ = ["ALGORITHMS", "Route", "run_forward", "run_input_grad", "run_weight_grad"]
+__all__ = ["BASES", "PREPS", "Route", "applicable_preps"]
 
-#: Names accepted by ``method=`` to force an algorithm (``"auto"`` plans).
-ALGORITHMS = ("fft", "fft_tiled", "direct")
 PREPS = ("", "polyphase", "dilation")
 BASES = ("fft", "direct", "torch")
 
@@ -60,6 +53,22 @@ class Route:
     def inner(self, spec: ConvSpec) -> ConvSpec:
         chain = self.reductions(spec)
         return chain[-1].inner if chain else spec
+
+    def fits(self, spec: ConvSpec) -> bool:
+        """Whether this route applies to ``spec`` (a stored decision is checked with this):
+        its decomposition applies, and its tile has one size per axis, each at most the
+        output (of the decomposed layer)."""
+        if self.prep not in applicable_preps(spec):
+            return False
+        if self.tile is None:
+            return True
+        if self.base != "fft":
+            return False
+        inner = _chain(Route(self.base, self.prep), spec)
+        outer = inner[-1].inner if inner else spec
+        return len(self.tile) == spec.nd and all(
+            1 <= t <= o for t, o in zip(self.tile, outer.out_size)
+        )
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -103,97 +112,3 @@ def applicable_preps(spec: ConvSpec) -> list[str]:
     if any(d > 1 for d in spec.dilation) and all(s == 1 for s in spec.stride):
         out.append("dilation")
     return out
-
-
-# -- base kernels on one (inner) layer -------------------------------------------------------
-def _native() -> Any:
-    """PyTorch's convolution on numpy operands (imported only when a plan chose it)."""
-    from fftbp.torch import _native
-
-    return _native
-
-
-def base_forward(base: str, spec: ConvSpec, x: np.ndarray, w: np.ndarray, b: Any) -> np.ndarray:
-    if base == "fft":
-        lay = _fft.layout(spec)
-        if spec.is_depthwise:
-            return _fdw.forward(lay, x, _fdw.weight_spectrum(lay, w), b, keep_xf=False)[0]
-        return _fft.forward(lay, x, w, b)
-    if base == "torch":
-        return _native().forward(spec, x, w, b)
-    return _direct.forward(spec, x, w, b)
-
-
-def base_input_grad(base: str, spec: ConvSpec, w: np.ndarray, g: np.ndarray) -> np.ndarray:
-    if base == "fft":
-        lay = _fft.layout(spec)
-        if spec.is_depthwise:
-            return _fdw.backward(lay, g, _fdw.weight_spectrum(lay, w), need_dw=False)[0]
-        return _fft.input_grad(lay, w, g)
-    if base == "torch":
-        return _native().input_grad(spec, w, g)
-    return _direct.input_grad(spec, w, g)
-
-
-def base_weight_grad(base: str, spec: ConvSpec, x: np.ndarray, g: np.ndarray) -> np.ndarray:
-    if base == "fft":
-        lay = _fft.layout(spec)
-        if spec.is_depthwise:
-            return _fdw.backward(lay, g, None, x=x, need_dx=False)[1]
-        return _fft.weight_grad(lay, x, g)
-    if base == "torch":
-        return _native().weight_grad(spec, x, g)
-    return _direct.weight_grad(spec, x, g)
-
-
-# -- a whole route ----------------------------------------------------------------------------
-def _apply_in(chain: list[Reduction], attr: str, a: np.ndarray) -> np.ndarray:
-    for r in chain:
-        a = getattr(r, attr)(a)
-    return a
-
-
-def _apply_out(chain: list[Reduction], attr: str, a: np.ndarray) -> np.ndarray:
-    for r in reversed(chain):
-        a = getattr(r, attr)(a)
-    return a
-
-
-def _promoted(route: Route, spec: ConvSpec) -> tuple[Route, ConvSpec] | None:
-    """For a float64-precision route on a float32 layer: the plain route and float64 layer."""
-    if not route.precision or spec.dtype == np.float64:
-        return None
-    return replace(route, precision=""), replace(spec, dtype=np.dtype(np.float64))
-
-
-def _f64(*arrays: np.ndarray | None) -> list[np.ndarray | None]:
-    return [None if a is None else a.astype(np.float64) for a in arrays]
-
-
-def run_forward(
-    route: Route, spec: ConvSpec, x: np.ndarray, w: np.ndarray, b: np.ndarray | None
-) -> np.ndarray:
-    if (p := _promoted(route, spec)) is not None:
-        return run_forward(p[0], p[1], *_f64(x, w, b)).astype(spec.dtype)
-    chain = route.reductions(spec)
-    inner = chain[-1].inner if chain else spec
-    xi, wi = _apply_in(chain, "x_in", x), _apply_in(chain, "w_in", w)
-    return _apply_out(chain, "y_out", base_forward(route.base, inner, xi, wi, b))
-
-
-def run_input_grad(route: Route, spec: ConvSpec, w: np.ndarray, g: np.ndarray) -> np.ndarray:
-    if (p := _promoted(route, spec)) is not None:
-        return run_input_grad(p[0], p[1], *_f64(w, g)).astype(spec.dtype)
-    chain = route.reductions(spec)
-    inner = chain[-1].inner if chain else spec
-    wi, gi = _apply_in(chain, "w_in", w), _apply_in(chain, "g_in", g)
-    return _apply_out(chain, "dx_out", base_input_grad(route.base, inner, wi, gi))
-
-
-def run_weight_grad(route: Route, spec: ConvSpec, x: np.ndarray, g: np.ndarray) -> np.ndarray:
-    if (p := _promoted(route, spec)) is not None:
-        return run_weight_grad(p[0], p[1], *_f64(x, g)).astype(spec.dtype)
-    chain = route.reductions(spec)
-    inner = chain[-1].inner if chain else spec
-    xi, gi = _apply_in(chain, "x_in", x), _apply_in(chain, "g_in", g)
-    return _apply_out(chain, "dw_out", base_weight_grad(route.base, inner, xi, gi))

@@ -1,9 +1,14 @@
 """Persistent planner state: measured decisions, FFTW wisdom and calibrated constants.
 
 Everything lives in one JSON document per file, written atomically (a temporary file in the
-same directory, then ``os.replace``). A file that cannot be read, is not fftbp's, or was made on
-another machine (different fingerprint) is ignored with a warning, never an exception: wisdom is
-an optimisation, not a requirement.
+same directory, then ``os.replace``). A file that cannot be read, is not fftbp's, is of another
+schema version, or was made on another machine (different fingerprint) is ignored with a warning,
+never an exception: wisdom is an optimisation, not a requirement. Malformed decisions in an
+otherwise usable wisdom file are dropped one by one (one warning per file).
+
+Several processes may measure layers into one cache: :func:`save_wisdom` holds an exclusive lock
+on ``<file>.lock`` (``fcntl.flock``; no lock where ``fcntl`` is unavailable) while it re-reads the
+file, merges its decisions and FFTW wisdom with this process's, and replaces it.
 
 Default location: ``$FFTBP_CACHE_DIR``, else ``$XDG_CACHE_HOME/fftbp``, else ``~/.cache/fftbp``.
 """
@@ -11,36 +16,61 @@ Default location: ``$FFTBP_CACHE_DIR``, else ``$XDG_CACHE_HOME/fftbp``, else ``~
 from __future__ import annotations
 
 import base64
+import contextlib
+import errno
 import hashlib
 import json
+import math
 import os
 import platform
 import tempfile
 import threading
 import warnings
+from collections.abc import Iterator, Mapping
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import numpy as np
 import pyfftw
 
+_fcntl: ModuleType | None
+try:
+    import fcntl as _fcntl
+except ImportError:  # Windows: no advisory locks, saves are merged but not serialised
+    _fcntl = None
+
 __all__ = [
     "cache_dir",
     "cpu_model",
+    "decision_key",
     "load_constants",
     "load_wisdom",
     "machine_fingerprint",
     "save_constants",
     "save_wisdom",
+    "valid_decision",
 ]
 
 FORMAT = "fftbp-wisdom"
-VERSION = 1
+#: schema version of the files and of :func:`decision_key`; files of another version are ignored
+VERSION = 2
 
 _lock = threading.Lock()
-#: decision key -> {pass name: {"route": route json, "seconds": float}}
+_load_lock = threading.Lock()
+#: decision key -> {pass name: {"route", "seconds", "bytes", "runner_up", "error"}}
 _decisions: dict[str, dict[str, Any]] = {}
 _loaded_default = False
+
+_PASSES = frozenset({"forward", "input_grad", "weight_grad"})
+_PASS_FIELDS = frozenset({"route", "seconds", "bytes", "runner_up", "error"})
+_ROUTE_FIELDS = frozenset({"base", "prep", "tile", "precision"})
+_BASES = ("fft", "direct", "torch")
+_PREPS = ("", "polyphase", "dilation")
+_PRECISIONS = ("", "float64")
+_MAX_TILE = 2**31
+#: calibrated constants outside this range are corrupt (denormals, zeros, overflows)
+CONSTANT_RANGE = (1e-15, 1e15)
 
 
 def cache_dir() -> Path:
@@ -80,29 +110,235 @@ def _atomic_write(path: Path, text: str) -> None:
         raise
 
 
-def _read(path: Path, what: str) -> dict[str, Any] | None:
+def _acquire(lock: Path) -> int | None:
+    """An open descriptor of ``lock`` holding an exclusive ``flock`` on the file that ``lock``
+    names, or None where locks are unavailable (no ``fcntl``, or a file system without them)."""
+    if _fcntl is None:
+        return None
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            _fcntl.flock(fd, _fcntl.LOCK_EX)
+            held = os.path.samestat(os.fstat(fd), os.stat(lock))
+        except FileNotFoundError:  # removed by its holder while we waited: lock afresh
+            held = False
+        except OSError as exc:
+            os.close(fd)
+            if exc.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
+                return None  # merge unlocked rather than not save
+            raise
+        except BaseException:
+            os.close(fd)
+            raise
+        if held:
+            return fd
+        os.close(fd)  # our file was replaced by a newer lock file while we waited
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``<path>.lock`` (created beside ``path``) for the block.
+
+    The lock file is removed on release, while still locked; a process that was waiting on the
+    removed file finds on waking that the name no longer leads to its file and locks afresh, so
+    two processes never both hold "the" lock. Where ``fcntl`` is missing (Windows) or the file
+    system refuses locks, the block runs unlocked.
+    """
+    lock = path.with_name(path.name + ".lock")
+    fd = _acquire(lock)
+    try:
+        yield
+    finally:
+        if fd is not None:
+            try:
+                lock.unlink(missing_ok=True)
+            finally:
+                os.close(fd)
+
+
+def _read(path: Path, what: str, stacklevel: int = 3) -> dict[str, Any] | None:
     """The document at ``path`` if it is a valid fftbp document for this machine, else None."""
     try:
         doc = json.loads(Path(path).read_text())
     except FileNotFoundError:
         return None
-    except (OSError, ValueError, UnicodeDecodeError) as exc:
-        warnings.warn(f"fftbp: ignoring unreadable {what} file {path}: {exc}", stacklevel=3)
+    except (OSError, ValueError, UnicodeDecodeError, RecursionError) as exc:
+        if isinstance(exc, RecursionError):
+            exc = ValueError("JSON nested too deeply")
+        warnings.warn(
+            f"fftbp: ignoring unreadable {what} file {path}: {exc}", stacklevel=stacklevel
+        )
         return None
-    if not isinstance(doc, dict) or doc.get("format") != FORMAT or doc.get("version") != VERSION:
-        warnings.warn(f"fftbp: ignoring {path}: not an fftbp {what} file", stacklevel=3)
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+        found = doc.get("format") if isinstance(doc, dict) else type(doc).__name__
+        warnings.warn(
+            f"fftbp: ignoring {path}: not an fftbp {what} file (format {found!r}, expected "
+            f"{FORMAT!r})",
+            stacklevel=stacklevel,
+        )
+        return None
+    if doc.get("version") != VERSION:
+        warnings.warn(
+            f"fftbp: ignoring {path}: not an fftbp {what} file of this version (it has version "
+            f"{doc.get('version')!r}, this fftbp reads version {VERSION} only)",
+            stacklevel=stacklevel,
+        )
         return None
     if doc.get("fingerprint") != machine_fingerprint():
         warnings.warn(
             f"fftbp: ignoring {what} from {path}: it was made on another machine or with other "
             "library versions (fingerprint mismatch)",
-            stacklevel=3,
+            stacklevel=stacklevel,
         )
         return None
     return doc
 
 
 # -- decisions + FFTW wisdom ------------------------------------------------------------------
+def _finite(x: object) -> bool:
+    """``x`` is a finite int or float (not a bool)."""
+    if isinstance(x, bool) or not isinstance(x, (int, float)):
+        return False
+    try:
+        return math.isfinite(x)
+    except OverflowError:  # an int beyond float range
+        return False
+
+
+def _tile_size(t: object) -> bool:
+    return isinstance(t, int) and not isinstance(t, bool) and 0 < t <= _MAX_TILE
+
+
+def _valid_route(route: object) -> bool:
+    if not isinstance(route, dict) or set(route) != _ROUTE_FIELDS:
+        return False
+    tile = route["tile"]
+    if tile is not None and not (
+        isinstance(tile, (list, tuple)) and 1 <= len(tile) <= 3 and all(map(_tile_size, tile))
+    ):
+        return False
+    return (
+        isinstance(route["base"], str)
+        and route["base"] in _BASES
+        and isinstance(route["prep"], str)
+        and route["prep"] in _PREPS
+        and isinstance(route["precision"], str)
+        and route["precision"] in _PRECISIONS
+    )
+
+
+def _valid_pass(entry: object) -> bool:
+    if not isinstance(entry, dict) or set(entry) != _PASS_FIELDS:
+        return False
+    seconds, nbytes, runner, error = (entry[k] for k in ("seconds", "bytes", "runner_up", "error"))
+    return (
+        _valid_route(entry["route"])
+        and _finite(seconds)
+        and seconds >= 0
+        and isinstance(nbytes, int)
+        and not isinstance(nbytes, bool)
+        and nbytes >= 0
+        and (
+            runner is None
+            or (
+                isinstance(runner, (list, tuple))
+                and len(runner) == 2
+                and _valid_route(runner[0])
+                and _finite(runner[1])
+            )
+        )
+        and (error is None or _finite(error))
+    )
+
+
+def valid_decision(value: object) -> bool:
+    """Whether ``value`` is a well-formed measured decision (the structure only).
+
+    A decision maps exactly the passes ``"forward"``, ``"input_grad"`` and ``"weight_grad"``
+    each to a dict of exactly:
+
+    - ``"route"``: a dict of exactly ``"base"`` (``"fft"``, ``"direct"`` or ``"torch"``),
+      ``"prep"`` (``""``, ``"polyphase"`` or ``"dilation"``), ``"tile"`` (None or a list of
+      1 to 3 ints in ``1..2**31``) and ``"precision"`` (``""`` or ``"float64"``);
+    - ``"seconds"``: a finite number >= 0;
+    - ``"bytes"``: an int >= 0;
+    - ``"runner_up"``: None or ``[route, seconds]`` with a route as above and a finite number;
+    - ``"error"``: None or a finite number.
+
+    Whether a tile's rank matches the layer is for the caller to check.
+
+    Parameters
+    ----------
+    value
+        Anything, typically one entry of a wisdom file's ``"decisions"``.
+
+    Returns
+    -------
+    bool
+        True if ``value`` has the structure above. Never raises.
+    """
+    return (
+        isinstance(value, dict)
+        and set(value) == _PASSES
+        and all(_valid_pass(entry) for entry in value.values())
+    )
+
+
+def _check_key_field(value: object, where: str) -> None:
+    """``TypeError`` unless ``value`` is a JSON scalar or a (nested) list/tuple of them."""
+    if value is None or isinstance(value, (str, bool, int)):
+        return
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError(f"decision_key: {where} is {value!r}; numbers must be finite")
+        return
+    if isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            _check_key_field(item, f"{where}[{i}]")
+        return
+    raise TypeError(
+        f"decision_key: {where} is {value!r} of type {type(value).__name__}; fields may hold "
+        "only str, int, float, bool, None and lists/tuples of them (pass a numpy dtype as its "
+        "name, a numpy number as int or float)"
+    )
+
+
+def decision_key(fields: Mapping[str, Any]) -> str:
+    """The canonical key under which a measured decision is stored.
+
+    ``json.dumps({"schema": VERSION, **fields})`` with sorted keys and no spaces, so the same
+    fields give the same key whatever their order, and a tuple the same key as a list.
+
+    Parameters
+    ----------
+    fields
+        What the decision depends on, by name. Values: str, int, float (finite), bool, None, or
+        lists/tuples of these, nested to any depth. ``"schema"`` is reserved.
+
+    Returns
+    -------
+    str
+        The key, one line of JSON.
+
+    Raises
+    ------
+    TypeError
+        If a name is not a str or a value is of another type (e.g. a numpy dtype or integer).
+    ValueError
+        If a field is named ``"schema"`` or a float is not finite.
+    """
+    for name, value in fields.items():
+        if not isinstance(name, str):
+            raise TypeError(f"decision_key: field name {name!r} is not a str")
+        if name == "schema":
+            raise ValueError("decision_key: the field name 'schema' is reserved (the version)")
+        _check_key_field(value, f"field {name!r}")
+    return json.dumps(
+        {"schema": VERSION, **fields}, sort_keys=True, separators=(",", ":"), allow_nan=False
+    )
+
+
 def default_wisdom_path() -> Path:
     return cache_dir() / "wisdom.json"
 
@@ -114,7 +350,26 @@ def get_decision(key: str) -> dict[str, Any] | None:
 
 
 def put_decision(key: str, value: dict[str, Any]) -> None:
-    """Record a measured decision and persist it (with FFTW wisdom) to the default file."""
+    """Record a measured decision and persist it (with FFTW wisdom) to the default file.
+
+    The file is merged, not overwritten: decisions other processes stored meanwhile are kept.
+    A malformed decision (see :func:`valid_decision`) is not recorded, with a warning; a file
+    that cannot be written only warns.
+
+    Parameters
+    ----------
+    key
+        The decision's key (see :func:`decision_key`).
+    value
+        The decision, as :func:`valid_decision` describes it.
+    """
+    if not isinstance(key, str) or not valid_decision(value):
+        warnings.warn(
+            f"fftbp: not storing the decision for key {key!r}: {value!r} is not a str key with "
+            "a well-formed decision (see fftbp.planning.store.valid_decision)",
+            stacklevel=2,
+        )
+        return
     _ensure_default_loaded()
     with _lock:
         _decisions[key] = value
@@ -128,31 +383,99 @@ def _ensure_default_loaded() -> None:
     global _loaded_default
     if _loaded_default:
         return
-    _loaded_default = True
-    load_wisdom(default_wisdom_path(), _missing_ok=True)
+    with _load_lock:
+        if not _loaded_default:
+            load_wisdom(default_wisdom_path(), _missing_ok=True)
+            _loaded_default = True
+
+
+def _parse_wisdom(
+    doc: dict[str, Any], path: Path, stacklevel: int
+) -> tuple[dict[str, dict[str, Any]], tuple[bytes, ...]] | None:
+    """The well-formed decisions and the FFTW wisdom of ``doc`` (read from ``path``).
+
+    None, with a warning, if the FFTW wisdom or the decisions object is malformed; malformed
+    decisions alone are dropped, with one warning for all of them.
+    """
+    decisions, fftw = doc.get("decisions"), doc.get("fftw")
+    try:
+        if not isinstance(decisions, dict):
+            raise ValueError(f"'decisions' is {type(decisions).__name__}, not an object")
+        if not isinstance(fftw, list) or len(fftw) != 3:
+            raise ValueError("'fftw' is not a list of 3 base64 strings")
+        wisdom = tuple(base64.b64decode(w.encode("ascii"), validate=True) for w in fftw)
+    except (ValueError, TypeError, AttributeError) as exc:
+        warnings.warn(f"fftbp: ignoring malformed wisdom file {path}: {exc}", stacklevel=stacklevel)
+        return None
+    good = {k: v for k, v in decisions.items() if isinstance(k, str) and valid_decision(v)}
+    if len(good) < len(decisions):
+        bad = [k for k in decisions if k not in good]
+        warnings.warn(
+            f"fftbp: dropped {len(bad)} of {len(decisions)} decisions in wisdom file {path} "
+            f"(first: {bad[0]!r}): each must give 'forward', 'input_grad' and 'weight_grad' a "
+            "well-formed route, seconds, bytes, runner_up and error; they are measured again "
+            "when needed",
+            stacklevel=stacklevel,
+        )
+    return good, wisdom
 
 
 def save_wisdom(path: str | os.PathLike[str] | None = None) -> Path:
-    """Write the planner's measured decisions and FFTW's wisdom to ``path`` (atomically).
+    """Write the planner's measured decisions and FFTW's wisdom to ``path``, merged.
 
-    Default: ``wisdom.json`` in :func:`cache_dir`. Returns the path written.
+    Under an exclusive lock on ``<path>.lock``, the file's current decisions (if it is a usable
+    wisdom file for this machine) are merged with this process's, which win on the same key;
+    its FFTW wisdom is imported first so that the written wisdom holds both. The file is then
+    replaced atomically.
+
+    Parameters
+    ----------
+    path
+        Where to write; default ``wisdom.json`` in :func:`cache_dir`.
+
+    Returns
+    -------
+    Path
+        The path written.
     """
     target = Path(path) if path is not None else default_wisdom_path()
-    with _lock:
-        decisions = dict(_decisions)
-    doc = {
-        "format": FORMAT,
-        "version": VERSION,
-        "fingerprint": machine_fingerprint(),
-        "decisions": decisions,
-        "fftw": [base64.b64encode(w).decode("ascii") for w in pyfftw.export_wisdom()],
-    }
-    _atomic_write(target, json.dumps(doc, indent=1, sort_keys=True))
+    with _file_lock(target):
+        theirs: dict[str, dict[str, Any]] = {}
+        old = _read(target, "wisdom")
+        parsed = _parse_wisdom(old, target, stacklevel=3) if old is not None else None
+        if parsed is not None:
+            theirs, wisdom = parsed
+            pyfftw.import_wisdom(wisdom)
+        with _lock:
+            decisions = {**theirs, **_decisions}
+        doc = {
+            "format": FORMAT,
+            "version": VERSION,
+            "fingerprint": machine_fingerprint(),
+            "decisions": decisions,
+            "fftw": [base64.b64encode(w).decode("ascii") for w in pyfftw.export_wisdom()],
+        }
+        _atomic_write(target, json.dumps(doc, indent=1, sort_keys=True))
     return target
 
 
 def load_wisdom(path: str | os.PathLike[str] | None = None, *, _missing_ok: bool = False) -> bool:
-    """Merge decisions and FFTW wisdom from ``path``; ``False`` (with a warning) if unusable."""
+    """Merge decisions and FFTW wisdom from ``path`` into this process's.
+
+    Never raises on a bad file: an unreadable file, one of another format, version or machine,
+    or one with malformed FFTW wisdom is ignored with a warning; malformed decisions in a
+    usable file are dropped, with one warning naming how many and the first key.
+
+    Parameters
+    ----------
+    path
+        The wisdom file; default ``wisdom.json`` in :func:`cache_dir`.
+
+    Returns
+    -------
+    bool
+        True if the file was used (possibly without some malformed decisions), else False.
+    """
     target = Path(path) if path is not None else default_wisdom_path()
     if not target.exists():
         if not _missing_ok:
@@ -161,14 +484,10 @@ def load_wisdom(path: str | os.PathLike[str] | None = None, *, _missing_ok: bool
     doc = _read(target, "wisdom")
     if doc is None:
         return False
-    decisions, fftw = doc.get("decisions"), doc.get("fftw")
-    try:
-        if not isinstance(decisions, dict) or not isinstance(fftw, list) or len(fftw) != 3:
-            raise ValueError("missing decisions or FFTW wisdom")
-        wisdom = tuple(base64.b64decode(w.encode("ascii"), validate=True) for w in fftw)
-    except (ValueError, TypeError, AttributeError) as exc:
-        warnings.warn(f"fftbp: ignoring malformed wisdom file {target}: {exc}", stacklevel=2)
+    parsed = _parse_wisdom(doc, target, stacklevel=3)
+    if parsed is None:
         return False
+    decisions, wisdom = parsed
     pyfftw.import_wisdom(wisdom)
     with _lock:
         _decisions.update(decisions)
@@ -192,16 +511,48 @@ def save_constants(values: dict[str, float], path: str | os.PathLike[str] | None
     return target
 
 
+def _constants_problem(values: object) -> str | None:
+    """What is wrong with a constants object, or None if nothing is."""
+    if not isinstance(values, dict):
+        return f"'constants' is {type(values).__name__}, not an object"
+    low, high = CONSTANT_RANGE
+    for name, value in values.items():
+        if not isinstance(name, str):
+            return f"constant name {name!r} is not a string"
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return f"{name} is {value!r}, not a number"
+        if not (_finite(value) and low <= value <= high):
+            return f"{name} is {value!r}; a constant must be finite and in [{low:g}, {high:g}]"
+    return None
+
+
 def load_constants(path: str | os.PathLike[str] | None = None) -> dict[str, float] | None:
-    """Calibrated constants for this machine, or None (shipped defaults apply)."""
+    """Calibrated constants for this machine, or None (shipped defaults apply).
+
+    Parameters
+    ----------
+    path
+        The constants file; default ``constants.json`` in :func:`cache_dir`.
+
+    Returns
+    -------
+    dict of str to float or None
+        The constants; None if the file is missing, or (with a warning) unusable: unreadable,
+        of another format, version or machine, or holding a value that is not a finite number
+        in ``CONSTANT_RANGE`` (booleans included).
+    """
     target = Path(path) if path is not None else constants_path()
     doc = _read(target, "constants")
     if doc is None:
         return None
     values = doc.get("constants")
-    if not isinstance(values, dict) or not all(
-        isinstance(k, str) and isinstance(v, (int, float)) and v > 0 for k, v in values.items()
-    ):
-        warnings.warn(f"fftbp: ignoring malformed constants file {target}", stacklevel=2)
+    problem = _constants_problem(values)
+    if problem is not None:
+        warnings.warn(
+            f"fftbp: ignoring malformed constants file {target}: {problem} (run `fftbp "
+            "calibrate` again)",
+            stacklevel=2,
+        )
         return None
+    assert isinstance(values, dict)
     return {k: float(v) for k, v in values.items()}

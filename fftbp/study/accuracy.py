@@ -34,7 +34,9 @@ import fftbp
 from fftbp._params import ConvSpec
 from fftbp.fft.sizes import transform_shape
 from fftbp.planning.errors import route_error
-from fftbp.planning.plan import candidate_routes, data_ranges, resolve
+from fftbp.planning.candidates import candidate_routes
+from fftbp.planning.planner import resolve
+from fftbp.planning.tolerance import data_ranges
 from fftbp.testing import reference_passes
 
 __all__ = ["C_MODEL", "DISTRIBUTIONS", "Study", "bound", "run", "write"]

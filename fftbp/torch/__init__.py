@@ -11,6 +11,8 @@ native kernel is fastest. Backward reuses the spectra forward made and computes 
 gradients autograd asks for. What is routed to torch's native convolution unchanged: tensors
 not on the CPU, dtypes other than float32/float64 (half, bfloat16, complex), and double
 backward (``create_graph=True`` raises: fftbp's backward is not itself differentiable).
+Importing this module registers PyTorch's convolution with fftbp's engine as the route
+``torch``.
 """
 
 from __future__ import annotations
@@ -23,7 +25,12 @@ except ImportError as e:  # pragma: no cover - exercised only without torch
         "--index-url https://download.pytorch.org/whl/cpu)"
     ) from e
 
+from fftbp.engine import Base, register_base
+from fftbp.torch import _native
 from fftbp.torch._convert import ConvertReport, LayerReport, convert
 from fftbp.torch._modules import Conv1d, Conv2d, Conv3d, adopt
+
+# PyTorch's convolution becomes a route the planner may choose (``Route("torch")``)
+register_base("torch", Base(_native.forward, _native.input_grad, _native.weight_grad))
 
 __all__ = ["Conv1d", "Conv2d", "Conv3d", "ConvertReport", "LayerReport", "adopt", "convert"]

@@ -21,8 +21,10 @@ from torch import nn
 
 from fftbp._config import best_of_rounds
 from fftbp._params import ConvSpec, is_real
-from fftbp.planning.cost import PASSES, torch_cost_of
-from fftbp.planning.plan import constants, describe_spec, plan_for_spec
+from fftbp._params import PASSES
+from fftbp.planning.cost import torch_cost_of
+from fftbp.planning.decision import describe_spec
+from fftbp.planning.planner import constants, plan_for_spec
 from fftbp.torch._modules import _FFTBP_CLASS as _SWAP
 from fftbp.torch._modules import adopt
 
@@ -182,7 +184,7 @@ def _decide(name: str, mod: nn.Module, seen: Any, min_speedup: float, measure: b
         passes.append("weight_grad")
     p = plan_for_spec(spec, reuse=True, native=True)
     k = constants()
-    native = sum(torch_cost_of(spec, q, k).seconds for q in passes)
+    native = sum(torch_cost_of(spec, q, k) for q in passes)
     ours = sum(p.choice(q).seconds for q in passes)
     predicted = native / ours
     labels = {q: p.choice(q).route.label() for q in PASSES}

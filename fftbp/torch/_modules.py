@@ -26,9 +26,12 @@ import torch
 from torch import nn
 from torch.autograd.function import once_differentiable
 
-from fftbp._params import ConvSpec
+from fftbp._params import PASSES, ConvSpec, check_method
 from fftbp.api import Conv, Method
-from fftbp.planning.plan import check_method, plan_for_spec
+from fftbp.engine import Residuals
+from fftbp.kernels.fft import SpectrumPool
+from fftbp.planning.decision import Plan
+from fftbp.planning.planner import plan_for_spec
 
 __all__ = ["Conv1d", "Conv2d", "Conv3d"]
 
@@ -46,49 +49,34 @@ class _Engine(Conv):
     The weight spectrum is remade when the weight's content changes: :class:`fftbp.Conv`
     compares it with a snapshot at every forward pass that uses it, which also catches writes
     through ``.data`` that torch's version counter does not see. In-place changes between
-    forward and backward are torch's to detect (``save_for_backward``).
+    forward and backward are torch's to detect (``save_for_backward``). What one forward
+    keeps for its backward is the :class:`~fftbp.engine.Residuals` it returns, held by the
+    autograd node: calls from several threads never share it.
     """
 
     _snapshot_always = False
+    _native = True
 
     def __init__(self, stride: Any, padding: Any, dilation: Any, groups: int, method: Method):
-        check_method(method)
+        check_method(method, Plan)
         self.stride, self.padding, self.dilation, self.groups = stride, padding, dilation, groups
         self.method, self.tol = method, None
         self._key: tuple[Any, ...] | None = None
-        self._pool: list[dict[str, np.ndarray]] = []  # reusable buffers for kept spectra
-        # re-entrant: a _Kept finalised by the garbage collector inside a locked section
-        self.lock = threading.RLock()
+        self._geometry = None
+        self._pool = SpectrumPool()
+        self._lock = threading.Lock()
 
-    def bind(self, w: torch.Tensor, b: torch.Tensor | None) -> None:
-        """Use ``w`` and ``b`` (numpy views)."""
-        key = (w.data_ptr(), tuple(w.shape), tuple(w.stride()), w.dtype)
+    def bind(self, w: torch.Tensor, b: torch.Tensor | None) -> tuple[np.ndarray, Any]:
+        """Use ``w`` and ``b`` (numpy views); returns them with the weight-spectra cache."""
+        key = (w.data_ptr(), tuple(w.shape), tuple(w.stride()), w.dtype, w._version)
         bias = None if b is None else _numpy(b)
-        if key != self._key:
-            self._set_weight(_numpy(w), bias)
-            self._key = key
-        else:
-            self.bias = bias
-
-    def take_buffers(self) -> dict[str, np.ndarray]:
-        with self.lock:
-            return self._pool.pop() if self._pool else {}
-
-    def give_buffers(self, buffers: dict[str, np.ndarray]) -> None:
-        with self.lock:
-            if len(self._pool) < 2:
-                self._pool.append(buffers)
-
-
-class _Kept:
-    """Buffers holding a forward pass's kept spectra; back to the module's pool when autograd
-    frees the graph node that owns them (so ``retain_graph=True`` stays correct)."""
-
-    def __init__(self, engine: _Engine, buffers: dict[str, np.ndarray]) -> None:
-        self.engine, self.buffers = engine, buffers
-
-    def __del__(self) -> None:
-        self.engine.give_buffers(self.buffers)
+        with self._lock:
+            if key != self._key:
+                self._set_weight(_numpy(w), bias)
+                self._key = key
+            else:
+                self.bias = bias
+            return self._weight, self._weights
 
 
 class _ConvFunction(torch.autograd.Function):
@@ -104,30 +92,27 @@ class _ConvFunction(torch.autograd.Function):
         engine.bind(w, b)
         xn = _numpy(x)
         need_dw = grad and w.requires_grad
-        kept = _Kept(engine, engine.take_buffers())
-        y, saved = engine._forward_step(
-            xn, keep=kept.buffers, copy_x=False, weight_grad=need_dw, native=True
-        )
-        ctx.engine, ctx.kept, ctx.saved_fftbp = engine, kept, saved
+        y, res = engine.forward_step(xn, weight_grad=need_dw, copy_x=False)
+        ctx.engine, ctx.residuals = engine, res
         # x is saved only when a pass needs it; torch checks both for in-place changes
-        ctx.save_for_backward(x if "x" in saved else None, w)
+        ctx.save_for_backward(x if res.x is not None else None, w)
         return torch.from_numpy(y)
 
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, gy: torch.Tensor) -> tuple[Any, ...]:
         _ = ctx.saved_tensors  # raises if x or w was modified in place since forward;
-        # saved["x"] already holds the numpy view of x (or its contiguous copy)
+        # the residuals already hold the numpy view of x (or its contiguous copy)
         need_dx, need_dw, need_db = ctx.needs_input_grad[:3]
-        saved = ctx.saved_fftbp
-        if need_dw and "x" not in saved and "xf" not in saved:
+        res: Residuals = ctx.residuals
+        if need_dw and res.x is None and res.xf is None:
             raise RuntimeError(
                 "fftbp.torch: the weight gradient was not requested when forward ran "
                 "(weight.requires_grad was False or grad mode was off)"
             )
         g = _numpy(gy)
         engine: _Engine = ctx.engine
-        dx, dw = engine._backward_step(saved, g, need_dx, need_dw)
+        dx, dw = engine._gradients(res, g, need_dx, need_dw)
         db = gy.sum(dim=(0, *range(2, gy.dim()))) if need_db else None
         return (
             None if dx is None else torch.from_numpy(dx),
@@ -145,7 +130,7 @@ class _FFTBPConv(nn.Module):
 
     def __init__(self, *args: Any, method: Method = "auto", **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        check_method(method)
+        check_method(method, Plan)
         self.method = method
         self._engines: dict[str, _Engine] = {}
         self._all_native: dict[tuple[Any, ...], bool] = {}
@@ -200,9 +185,7 @@ class _FFTBPConv(nn.Module):
                 str(x.dtype).removeprefix("torch."),
             )
             p = plan_for_spec(spec, reuse=True, native=True)
-            hit = self._all_native[key] = all(
-                p.choice(q).route.base == "torch" for q in ("forward", "input_grad", "weight_grad")
-            )
+            hit = self._all_native[key] = all(p.choice(q).route.base == "torch" for q in PASSES)
         return hit
 
     def extra_repr(self) -> str:
@@ -224,7 +207,7 @@ def adopt(module: nn.Module, method: Method = "auto") -> nn.Module:
         raise TypeError(
             f"module: expected a torch.nn.Conv1d, Conv2d or Conv3d, got {type(module).__name__}"
         )
-    check_method(method)
+    check_method(method, Plan)
     module.__class__ = cls
     module.method = method
     module._engines, module._all_native = {}, {}

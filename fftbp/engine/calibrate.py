@@ -22,12 +22,14 @@ from dataclasses import replace
 
 import numpy as np
 
-from fftbp._config import blas_single_threaded, get_num_threads, median_time, profiling
-from fftbp._params import ConvSpec
+from fftbp._config import call_settings, get_num_threads, median_time, profiling
+from fftbp._params import ConvSpec, Pass
+from fftbp.engine.executor import has_base, run_pass
 from fftbp.fft.sizes import fft_cost, transform_shape
 from fftbp.planning import store
 from fftbp.planning.cost import Constants, direct_cost_of
-from fftbp.planning.routes import Route, run_forward
+from fftbp.planning.planner import set_constants
+from fftbp.planning.routes import Route
 
 __all__ = ["calibrate"]
 
@@ -73,9 +75,7 @@ def _layer(spec: ConvSpec, rng: np.random.Generator) -> tuple[np.ndarray, np.nda
 def calibrate(*, reps: int = 5, save: bool = True) -> Constants:
     """Measure the constants of :class:`~fftbp.planning.cost.Constants` and (by default) store
     them for this machine. Returns the measured constants."""
-    from fftbp.planning.plan import set_constants
-
-    with blas_single_threaded():  # as every fftbp call runs
+    with call_settings():  # as every fftbp call runs
         k = _measure_constants(reps)
     if save:
         store.save_constants(k.to_json())
@@ -92,7 +92,7 @@ def _measure_constants(reps: int) -> Constants:
     # transforms, channel products and copies: a dense layer by whole-map FFT
     dense = ConvSpec.from_shapes((8, 32, 48, 48), (32, 32, 9, 9), padding=4)
     x, w = _layer(dense, rng)
-    prof = _profiled(lambda: run_forward(Route("fft"), dense, x, w, None), reps)
+    prof = _profiled(lambda: run_pass(Route("fft"), dense, Pass.FORWARD, x, w), reps)
     shape = transform_shape(dense)
     n, c, f = dense.batch, dense.in_channels, dense.out_channels
     maps = n * c + f * c + n * f
@@ -104,7 +104,7 @@ def _measure_constants(reps: int) -> Constants:
     # the fixed cost of a frequency's product: a layer of 4 channels, where it dominates
     few = ConvSpec.from_shapes((4, 4, 96, 96), (4, 4, 31, 31), padding=15)
     xs, ws = _layer(few, rng)
-    few_prof = _profiled(lambda: run_forward(Route("fft"), few, xs, ws, None), reps)
+    few_prof = _profiled(lambda: run_pass(Route("fft"), few, Pass.FORWARD, xs, ws), reps)
     few_shape = transform_shape(few)
     t_few = few_prof["products"] / threads / (math.prod(few_shape[:-1]) * (few_shape[-1] // 2 + 1))
     flops_few = 8.0 * few.batch * few.in_channels * few.out_channels
@@ -118,7 +118,7 @@ def _measure_constants(reps: int) -> Constants:
     # elementwise products: a depthwise layer
     dw = ConvSpec.from_shapes((8, 64, 48, 48), (64, 1, 15, 15), padding=7, groups=64)
     x, w = _layer(dw, rng)
-    prof = _profiled(lambda: run_forward(Route("fft"), dw, x, w, None), reps)
+    prof = _profiled(lambda: run_pass(Route("fft"), dw, Pass.FORWARD, x, w), reps)
     shape = transform_shape(dw)
     nfreq = math.prod(shape[:-1]) * (shape[-1] // 2 + 1)
     elementwise_s = prof["products"] / threads / (nfreq * dw.batch * dw.out_channels)
@@ -127,15 +127,15 @@ def _measure_constants(reps: int) -> Constants:
 
     call_spec = ConvSpec.from_shapes((1, 1, 8, 8), (1, 1, 3, 3), padding=1)
     x, w = _layer(call_spec, rng)
-    call_s = median_time(lambda: run_forward(Route("fft"), call_spec, x, w, None), reps * 4)
+    call_s = median_time(lambda: run_pass(Route("fft"), call_spec, Pass.FORWARD, x, w), reps * 4)
 
     # direct, stride 1 (shifted GEMMs): the GEMM rate, after the modelled copies
     partial = Constants(copy_bytes=copy_bytes, call_s=call_s)
     s1 = ConvSpec.from_shapes((4, 32, 32, 32), (32, 32, 7, 7), padding=3)
     x, w = _layer(s1, rng)
-    t = median_time(lambda: run_forward(Route("direct"), s1, x, w, None), reps)
+    t = median_time(lambda: run_pass(Route("direct"), s1, Pass.FORWARD, x, w), reps)
     direct_flops = _solve(
-        lambda rate: direct_cost_of(s1, "forward", replace(partial, direct_flops=rate)).seconds,
+        lambda rate: direct_cost_of(s1, Pass.FORWARD, replace(partial, direct_flops=rate)),
         t,
         default.direct_flops,
     )
@@ -143,7 +143,7 @@ def _measure_constants(reps: int) -> Constants:
     # direct, strided (im2col + GEMM): the unfold's byte rate, after the GEMM
     s2 = ConvSpec.from_shapes((4, 32, 32, 32), (32, 32, 7, 7), stride=2, padding=3)
     x, w = _layer(s2, rng)
-    t = median_time(lambda: run_forward(Route("direct"), s2, x, w, None), reps)
+    t = median_time(lambda: run_pass(Route("direct"), s2, Pass.FORWARD, x, w), reps)
     unfold = s2.batch * math.prod(s2.out_size) * s2.in_channels * math.prod(s2.kernel) * 4
     direct_bytes = _rate(unfold, t - 2 * s2.flops / direct_flops - call_s, default.direct_bytes)
 
@@ -166,11 +166,10 @@ def _torch_rates(
     dense: ConvSpec, reps: int, rng: np.random.Generator, default: Constants
 ) -> dict[str, float]:
     """PyTorch's convolution rates (:func:`fftbp.planning.cost.torch_cost_of`), if torch is
-    installed: a dense 7x7 layer, and a depthwise layer on oneDNN's fast path (7x7 forward)
-    and on the generic one (31x31 forward)."""
-    try:
-        from fftbp.torch import _native
-    except ImportError:
+    installed and :mod:`fftbp.torch` registered it (the command imports it): a dense 7x7
+    layer, and a depthwise layer on oneDNN's fast path (7x7 forward) and on the generic one
+    (31x31 forward)."""
+    if not has_base("torch"):
         return {}
     fast = ConvSpec.from_shapes((4, 64, 32, 32), (64, 1, 7, 7), padding=3, groups=64)
     slow = ConvSpec.from_shapes((4, 64, 32, 32), (64, 1, 31, 31), padding=15, groups=64)
@@ -184,7 +183,9 @@ def _torch_rates(
         # the best time, not the median: torch is taken at its fastest, so that the planner
         # leaves borderline layers to it
         t = min(
-            median_time(lambda s=spec, x=x, w=w: _native.forward(s, x, w, None), 1)
+            median_time(
+                lambda s=spec, x=x, w=w: run_pass(Route("torch"), s, Pass.FORWARD, x, w), 1
+            )
             for _ in range(reps)
         )
         rates[name] = _rate(spec.flops, t, fallback)

@@ -1,0 +1,23 @@
+"""The execution engine: one executor for every pass of every route, and measure mode."""
+
+from fftbp.engine.executor import (
+    Base,
+    Residuals,
+    WeightSpectra,
+    backward_train,
+    forward_train,
+    has_base,
+    register_base,
+    run_pass,
+)
+
+__all__ = [
+    "Base",
+    "Residuals",
+    "WeightSpectra",
+    "backward_train",
+    "forward_train",
+    "has_base",
+    "register_base",
+    "run_pass",
+]

@@ -1,0 +1,143 @@
+"""The memory model: the workspace of each pass by each route, as ``fixed + samples * per``.
+
+Workspace is what a call allocates besides its operands and its result: spectra, padded and
+unfolded copies, the reductions' inner arrays, per-thread scratch. Every figure here is an upper
+bound of what the kernels allocate for a batch chunk (checked under ``tracemalloc`` by
+``tests/test_limits.py``), and :mod:`fftbp.engine` chunks the batch so that
+``fixed + chunk * per`` stays within the call's limit, or refuses with ``MemoryError`` when
+one sample does not fit. The planner prints these figures and picks only routes that fit.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from fftbp._params import ConvSpec, Pass
+from fftbp.fft.sizes import transform_shape
+from fftbp.planning.routes import Route
+
+__all__ = ["Workspace", "workspace"]
+
+#: per worker thread: FFTW scratch (512 KiB real per plan, a forward and an inverse plan) and the
+#: read-out copies of one sub-chunk, with room for the complex side
+_SCRATCH_PER_THREAD = 4 << 20
+#: per worker thread in the depthwise kernels: two plans' arrays (1 MiB of maps each side) and
+#: the weight gradient's accumulator and products
+_DW_SCRATCH_PER_THREAD = 12 << 20
+#: frequency-major buffers pad their map axis by up to 16 maps (see FFTLayout.empty_spectrum)
+_LD_PAD = 16
+
+
+@dataclass(frozen=True)
+class Workspace:
+    """Bytes a pass needs: ``fixed`` plus ``per_sample`` for every sample of a batch chunk."""
+
+    fixed: int
+    per_sample: int
+
+    def at(self, samples: int) -> int:
+        return self.fixed + samples * self.per_sample
+
+    def chunk(self, batch: int, limit: int) -> int:
+        """Samples per chunk within ``limit`` (at most ``batch``; 0 if one does not fit)."""
+        room = limit - self.fixed
+        if room < self.per_sample:
+            return 0
+        return batch if self.per_sample == 0 else min(batch, room // self.per_sample)
+
+    def __add__(self, other: Workspace) -> Workspace:
+        return Workspace(self.fixed + other.fixed, self.per_sample + other.per_sample)
+
+
+def _fft(spec: ConvSpec, pass_: Pass, threads: int, keep_x: bool) -> Workspace:
+    shape = transform_shape(spec)
+    nfreq = math.prod(shape[:-1]) * (shape[-1] // 2 + 1)
+    csize = 2 * spec.dtype.itemsize
+    c, f, cg = spec.in_channels, spec.out_channels, spec.in_channels // spec.groups
+    if spec.is_depthwise:
+        wf = 2 * f * nfreq * csize if pass_ != Pass.WEIGHT_GRAD else 0
+        kept = c * nfreq * csize if keep_x else 0
+        return Workspace(wf + threads * _DW_SCRATCH_PER_THREAD, kept)
+    # the weight's (or the weight gradient's) spectrum, and two spectra per chunk
+    fixed = (f * cg + 3 * _LD_PAD) * nfreq * csize + threads * _SCRATCH_PER_THREAD
+    return Workspace(fixed, (c + f) * nfreq * csize)
+
+
+def workspace(
+    route: Route, spec: ConvSpec, pass_: Pass, threads: int, *, keep_x: bool = False
+) -> Workspace:
+    """The workspace of ``pass_`` by ``route`` on ``spec`` with ``threads`` workers
+    (``keep_x``: the forward pass also keeps the input's spectrum for a weight gradient)."""
+    pass_ = Pass(pass_)
+    item = spec.dtype.itemsize
+    extra = Workspace(0, 0)
+    if route.precision and item == 4:  # operands, result and the float64 result, cast
+        wide = replace(spec, dtype=np.dtype(np.float64))
+        per = 8 * 2 * (_per_sample(spec.input_shape) + _per_sample(spec.output_shape))
+        base = workspace(replace(route, precision=""), wide, pass_, threads, keep_x=keep_x)
+        return base + Workspace(0, per)
+    chain = route.reductions(spec)
+    for r in chain:
+        o, i = r.outer, r.inner
+        padded = o.in_channels * math.prod(
+            max(h + lo + hi, t) for h, (lo, hi), t in zip(o.in_size, o.padding, _total(r))
+        )
+        per = 2 * (_per_sample(i.input_shape) + _per_sample(i.output_shape)) * i.batch // o.batch
+        per += 2 * (padded + _per_sample(o.output_shape))
+        fixed = 2 * math.prod(i.weight_shape)
+        extra = extra + Workspace(fixed * item, per * item)
+    inner = chain[-1].inner if chain else spec
+    if route.base == "fft":
+        base = _fft(inner, pass_, threads, keep_x)
+    elif route.base == "torch":  # torch's own allocations, counted as the output
+        base = Workspace(0, _per_sample(inner.output_shape) * item)
+    else:
+        base = direct_workspace(inner, pass_, threads)
+    ratio = inner.batch // spec.batch
+    return extra + Workspace(base.fixed, base.per_sample * ratio)
+
+
+def _per_sample(shape: tuple[int, ...]) -> int:
+    return math.prod(shape[1:])
+
+
+def _total(r: object) -> tuple[int, ...]:
+    """The padded length a reduction materialises per axis (tiles: every window's span)."""
+    total = getattr(r, "total", None)
+    if total is not None:
+        return tuple(total)
+    return (0,) * r.outer.nd  # type: ignore[attr-defined]
+
+
+def direct_workspace(spec: ConvSpec, pass_: Pass, threads: int) -> Workspace:
+    """The direct kernels (``fftbp.kernels.direct``): flattened padded copies and the output
+    in padded rows (stride 1), or padded input and unfolded blocks (strided)."""
+    item = spec.dtype.itemsize
+    c, f, cg = spec.in_channels, spec.out_channels, spec.in_channels // spec.groups
+    nk = math.prod(spec.kernel)
+    weights = f * cg * nk
+    padded = [h + lo + hi for h, (lo, hi) in zip(spec.in_size, spec.padding)]
+    strided = any(s > 1 for s in spec.stride)
+    if pass_ == Pass.INPUT_GRAD:
+        # a stride-1 forward pass of grad_output upsampled and padded by the kernel extent
+        up = [(o - 1) * s + 1 for o, s in zip(spec.out_size, spec.stride)]
+        t_in = [h + e - 1 for h, e in zip(spec.in_size, spec.kernel_extent)]
+        tail = sum((e - 1) * math.prod(t_in[i + 1 :]) for i, e in enumerate(spec.kernel_extent))
+        positions = spec.in_size[0] * math.prod(t_in[1:])
+        per = f * (math.prod(up) + 2 * math.prod(t_in) + tail) + 3 * c * positions
+        return Workspace((3 * weights) * item + (1 << 16), per * item)
+    if not strided:
+        tail = sum((e - 1) * math.prod(padded[i + 1 :]) for i, e in enumerate(spec.kernel_extent))
+        flat = c * (math.prod(padded) + tail)
+        positions = spec.out_size[0] * math.prod(padded[1:])
+        if pass_ == Pass.FORWARD:
+            return Workspace(2 * weights * item + (1 << 16), (flat + 3 * f * positions) * item)
+        return Workspace((threads + 3) * weights * item + (1 << 16), (flat + f * positions) * item)
+    # strided: a padded copy per sample, and unfolded blocks of at most BLOCK_CAP bytes
+    from_blocks = min(128 << 20, spec.batch * c * nk * math.prod(spec.out_size) * item)
+    outs = f * math.prod(spec.out_size) * item
+    fixed = 2 * from_blocks + 3 * weights * item + (1 << 16)
+    return Workspace(fixed, c * math.prod(padded) * item + 3 * outs)
