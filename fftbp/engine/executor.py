@@ -74,25 +74,31 @@ def has_base(name: str) -> bool:
     return name in ("fft", "direct") or name in _bases
 
 
-def _fft_forward(spec: ConvSpec, x: np.ndarray, w: np.ndarray, b: Any) -> np.ndarray:
+def _fft_forward(
+    spec: ConvSpec, x: np.ndarray, w: np.ndarray, b: Any, pool: _fft.SpectrumPool | None = None
+) -> np.ndarray:
     lay = _fft.layout(spec)
     if spec.is_depthwise:
         return _fdw.forward(lay, x, _fdw.weight_spectrum(lay, w), b, keep_xf=False)[0]
-    return _fft.forward(lay, x, _fft.weight_spectrum(lay, w), b)
+    return _fft.forward(lay, x, _fft.weight_spectrum(lay, w), b, pool)
 
 
-def _fft_input_grad(spec: ConvSpec, w: np.ndarray, g: np.ndarray) -> np.ndarray:
+def _fft_input_grad(
+    spec: ConvSpec, w: np.ndarray, g: np.ndarray, pool: _fft.SpectrumPool | None = None
+) -> np.ndarray:
     lay = _fft.layout(spec)
     if spec.is_depthwise:
         return _fdw.backward(lay, g, _fdw.weight_spectrum(lay, w), need_dw=False)[0]
-    return _fft.input_grad(lay, _fft.weight_spectrum(lay, w), g)
+    return _fft.input_grad(lay, _fft.weight_spectrum(lay, w), g, pool)
 
 
-def _fft_weight_grad(spec: ConvSpec, x: np.ndarray, g: np.ndarray) -> np.ndarray:
+def _fft_weight_grad(
+    spec: ConvSpec, x: np.ndarray, g: np.ndarray, pool: _fft.SpectrumPool | None = None
+) -> np.ndarray:
     lay = _fft.layout(spec)
     if spec.is_depthwise:
         return _fdw.backward(lay, g, None, x=x, need_dx=False)[1]
-    return _fft.weight_grad(lay, x, g, spec.batch)
+    return _fft.weight_grad(lay, x, g, spec.batch, pool)
 
 
 _BUILTIN = {
@@ -113,16 +119,31 @@ def _base(name: str) -> Base:
 
 
 # -- one route, one pass -------------------------------------------------------------------------
-def _once(route: Route, spec: ConvSpec, pass_: Pass, a: np.ndarray, b: np.ndarray, bias: Any):
-    """``pass_`` by ``route`` on the whole batch of ``spec`` (operands already validated)."""
+def _once(
+    route: Route,
+    spec: ConvSpec,
+    pass_: Pass,
+    a: np.ndarray,
+    b: np.ndarray,
+    bias: Any,
+    pool: _fft.SpectrumPool | None = None,
+) -> np.ndarray:
+    """``pass_`` by ``route`` on the whole batch of ``spec`` (operands already validated;
+    ``pool``: spectrum buffers shared by the chunks of one call)."""
     if route.precision and spec.dtype == np.float32:
         wide = replace(spec, dtype=np.dtype(np.float64))
         f64 = [None if v is None else v.astype(np.float64) for v in (a, b, bias)]
-        out = _once(replace(route, precision=""), wide, pass_, *f64)
+        out = _once(replace(route, precision=""), wide, pass_, *f64, pool)
         return out.astype(spec.dtype)
     chain = route.reductions(spec)
     inner = chain[-1].inner if chain else spec
     base = _base(route.base)
+    if route.base == "fft" and pool is not None:
+        base = Base(
+            lambda s, x, w, b_: _fft_forward(s, x, w, b_, pool),
+            lambda s, w, g: _fft_input_grad(s, w, g, pool),
+            lambda s, x, g: _fft_weight_grad(s, x, g, pool),
+        )
 
     def into(attr: str, v: np.ndarray) -> np.ndarray:
         for r in chain:
@@ -193,22 +214,36 @@ def run_pass(
         return _chunked(route, spec, pass_, a, b, bias, n)
 
 
-def _chunked(route, spec, pass_, a, b, bias, n) -> np.ndarray:
+def _chunked(
+    route: Route,
+    spec: ConvSpec,
+    pass_: Pass,
+    a: np.ndarray,
+    b: np.ndarray,
+    bias: Any,
+    n: int,
+) -> np.ndarray:
+    """``pass_`` by ``route`` over chunks of ``n`` samples (their spectra reuse one set of
+    buffers: a plan's arrays from the last chunk are not kept beside the next chunk's)."""
+    pool = _fft.SpectrumPool()
     if pass_ == Pass.WEIGHT_GRAD:
         total = None
         for n0 in range(0, spec.batch, n):
             sub = _sub(spec, min(n, spec.batch - n0))
-            part = _once(route, sub, pass_, a[n0 : n0 + n], b[n0 : n0 + n], None)
-            total = part if total is None else total + part
+            part = _once(route, sub, pass_, a[n0 : n0 + n], b[n0 : n0 + n], None, pool)
+            if total is None:
+                total = part
+            else:
+                total += part
         return total
     shape = spec.output_shape if pass_ == Pass.FORWARD else spec.input_shape
     out = np.empty(shape, dtype=spec.dtype)
     for n0 in range(0, spec.batch, n):
         sub = _sub(spec, min(n, spec.batch - n0))
         if pass_ == Pass.FORWARD:
-            out[n0 : n0 + n] = _once(route, sub, pass_, a[n0 : n0 + n], b, bias)
+            out[n0 : n0 + n] = _once(route, sub, pass_, a[n0 : n0 + n], b, bias, pool)
         else:
-            out[n0 : n0 + n] = _once(route, sub, pass_, a, b[n0 : n0 + n], None)
+            out[n0 : n0 + n] = _once(route, sub, pass_, a, b[n0 : n0 + n], None, pool)
     return out
 
 
@@ -225,8 +260,9 @@ def _fft_chunked(
     """Whole-map FFT of a dense layer over chunks of ``n`` samples: one weight spectrum for
     every chunk, and the weight gradient accumulated in the frequency domain."""
     lay = _fft.layout(spec)
+    pool = pool or _fft.SpectrumPool()  # the chunks reuse one set of buffers
     if pass_ == Pass.WEIGHT_GRAD:
-        return _fft.weight_grad(lay, a, b, n)
+        return _fft.weight_grad(lay, a, b, n, pool)
     if wf is None:
         wf = _fft.weight_spectrum(lay, b if pass_ == Pass.FORWARD else a)
     if pass_ == Pass.FORWARD:
@@ -308,7 +344,8 @@ class Residuals:
 def _keep_pool(res: Residuals, pool: _fft.SpectrumPool | None, buf: np.ndarray | None) -> None:
     """Give ``buf`` back to ``pool`` when ``res`` is garbage (nobody can reach it then)."""
     if pool is not None and buf is not None:
-        weakref.finalize(res, pool.give, buf)
+        give = pool.give if res.spec.is_depthwise else pool.give_spectrum
+        weakref.finalize(res, give, buf)
 
 
 def forward_train(
@@ -411,17 +448,19 @@ def backward_train(
                         dwf = _fft.weight_grad_spectrum(lay, res.xf, gf, pool=pool)
                         dw = _fft.weight_grad_from_spectra(lay, dwf, pool)
                     if pool is not None:
-                        pool.give(gf)
+                        pool.give_spectrum(gf)
                 else:
                     if fft_dx:
                         dx = _fft_chunked(spec, Pass.INPUT_GRAD, w, g, None, n, wf, pool)
                     if fft_dw:  # the kept spectrum covers the batch: only Gf is chunked
                         dwf = None
+                        chunks = _fft.SpectrumPool()
+                        c = spec.in_channels
                         for n0 in range(0, spec.batch, n):
-                            xf_part = res.xf[..., n0 * spec.in_channels : (n0 + n) * spec.in_channels]
-                            gf = _fft.grad_spectrum(lay, g[n0 : n0 + n])
+                            xf_part = res.xf[..., n0 * c : (n0 + n) * c]
+                            gf = _fft.grad_spectrum(lay, g[n0 : n0 + n], chunks)
                             dwf = _fft.weight_grad_spectrum(lay, xf_part, gf, dwf)
-                            del gf
+                            chunks.give_spectrum(gf)
                         dw = _fft.weight_grad_from_spectra(lay, dwf)
         if input_grad and dx is None:
             dx = run_pass(routes[Pass.INPUT_GRAD], spec, Pass.INPUT_GRAD, w, g)

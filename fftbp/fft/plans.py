@@ -24,7 +24,7 @@ import os
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from typing import Any
 
 import numpy as np
@@ -38,6 +38,7 @@ __all__ = [
     "clear_plan_cache",
     "irfft_batch",
     "plan_cache_info",
+    "prepare_irfft",
     "rfft_batch",
 ]
 
@@ -151,10 +152,18 @@ def _build_strided(
     spec_view: np.ndarray,
     aligned: bool,
     effort: str,
+    on_view: bool,
 ) -> _Plan:
+    """A plan between its own scratch maps and a frequency-major view of ``spec_view``'s
+    geometry. ``on_view``: plan on ``spec_view`` itself (its contents may be overwritten: a
+    spectrum about to be written), else on a throw-away array of the same geometry, which
+    spans the whole frequency-major buffer."""
     complex_dt = np.result_type(real, np.complex64)
     scratch = pyfftw.empty_aligned((b, *shape), dtype=real, n=_ALIGN)
-    spec = _strided_scratch(spec_view.shape, spec_view.strides, complex_dt, aligned)
+    if on_view:
+        spec = spec_view
+    else:
+        spec = _strided_scratch(spec_view.shape, spec_view.strides, complex_dt, aligned)
     # forward plans keep their real input intact, so the zero padding in the scratch survives
     # from one fill to the next (see fftbp.kernels.fft.place_maps); c2r must destroy its input
     flags = [effort] if forward else [effort, "FFTW_DESTROY_INPUT"]
@@ -201,6 +210,27 @@ def rfft_batch(spec: np.ndarray, shape: tuple[int, ...], fill: FillFn) -> None:
     _run(True, spec, shape, fill)
 
 
+def prepare_irfft(spec: np.ndarray, shape: tuple[int, ...]) -> None:
+    """Make sure the plans :func:`irfft_batch` will use on ``spec`` exist, planning them on
+    ``spec`` itself: call it before ``spec`` is written (planning overwrites it). Planning on
+    a throw-away array of the same strided geometry would allocate a buffer as large as
+    ``spec`` for every plan made."""
+    total = spec.shape[-1]
+    real = np.dtype(np.float32 if spec.dtype == np.complex64 else np.float64)
+    sub = _chunking(total, shape, real)
+    starts = list(range(0, total, sub))
+    workers = min(get_num_threads(), len(starts))
+    with ExitStack() as held:  # as many plans per geometry as workers will use at once
+        for b0 in starts[:workers] + starts[-1:]:
+            b1 = min(b0 + sub, total)
+            view = spec[..., b0:b1]
+            key, aligned, effort = _strided_key(False, b1 - b0, shape, real, view)
+            build = lambda v=view, n=b1 - b0, a=aligned, e=effort: _build_strided(  # noqa: E731
+                False, n, shape, real, v, a, e, on_view=True
+            )
+            held.enter_context(checkout(key, build))
+
+
 def irfft_batch(spec: np.ndarray, shape: tuple[int, ...], read: ReadFn) -> None:
     """Complex-to-real transforms (unnormalised) of the frequency-major array ``spec``.
 
@@ -217,7 +247,10 @@ def _run(forward: bool, spec: np.ndarray, shape: tuple[int, ...], io: FillFn) ->
     def work(_slot: int, b0: int, b1: int) -> None:
         view = spec[..., b0:b1]
         key, aligned, effort = _strided_key(forward, b1 - b0, shape, real, view)
-        build = lambda: _build_strided(forward, b1 - b0, shape, real, view, aligned, effort)  # noqa: E731
+        # a forward transform is about to overwrite the view: FFTW may plan on it
+        build = lambda: _build_strided(  # noqa: E731
+            forward, b1 - b0, shape, real, view, aligned, effort, on_view=forward
+        )
         view_t = np.moveaxis(view, -1, 0)
         with checkout(key, build) as plan:
             if forward:

@@ -52,6 +52,7 @@ import pyfftw
 from fftbp._config import get_num_threads, parallel_for, timed
 from fftbp._params import ConvSpec, Pass
 from fftbp.fft import irfft_batch, rfft_batch, transform_shape
+from fftbp.fft.plans import prepare_irfft
 
 __all__ = [
     "FFTLayout",
@@ -143,8 +144,8 @@ class FFTLayout:
         """
         if pool is None:
             return self.empty_spectrum(maps)
-        return pool.take(
-            (*self.half_shape, maps), self.complex_dtype, lambda: self.empty_spectrum(maps)
+        return pool.take_spectrum(
+            self.half_shape, maps, self.complex_dtype, lambda: self.empty_spectrum(maps)
         )
 
     def empty_spectrum(self, maps: int) -> np.ndarray:
@@ -181,11 +182,37 @@ class SpectrumPool:
                 return free.pop()
         return make()
 
+    def take_spectrum(
+        self,
+        half_shape: tuple[int, ...],
+        maps: int,
+        dtype: np.dtype,
+        make: Callable[[], np.ndarray],
+    ) -> np.ndarray:
+        """A frequency-major buffer of at least ``maps`` maps (the smallest free one, viewed
+        down to ``maps``: a batch's last, smaller chunk reuses the chunks' buffer), else
+        ``make()``."""
+        key = ("spectrum", half_shape, np.dtype(dtype).str)
+        with self._lock:
+            free = self._free.get(key, [])
+            fits = [i for i, b in enumerate(free) if b.shape[-1] >= maps]
+            if fits:
+                buf = free.pop(min(fits, key=lambda i: free[i].shape[-1]))
+                return buf[..., :maps]
+        return make()
+
     def give(self, buf: np.ndarray | None) -> None:
         """Take back a buffer its borrower no longer reads or writes."""
         if buf is None:
             return
-        key = (buf.shape, buf.dtype.str)
+        self._give((buf.shape, buf.dtype.str), buf)
+
+    def give_spectrum(self, buf: np.ndarray | None) -> None:
+        """Take back a buffer lent by :meth:`take_spectrum`."""
+        if buf is not None:
+            self._give(("spectrum", buf.shape[:-1], buf.dtype.str), buf)
+
+    def _give(self, key: tuple[Any, ...], buf: np.ndarray) -> None:
         with self._lock:
             free = self._free.setdefault(key, [])
             if len(free) < self._max_free:
@@ -410,12 +437,13 @@ def forward_from_spectra(
     spec = lay.spec
     n = xf.shape[-1] // spec.in_channels
     prod = lay.spectrum(n * spec.out_channels, pool)
+    prepare_irfft(prod, lay.shape)
     _product(lay, Pass.FORWARD, xf, wf, prod)
     y = np.empty((n, spec.out_channels, *spec.out_size), dtype=spec.dtype)
     rows = None if bias is None else np.tile(bias, n)
     _inverse(lay, prod, y.reshape(n * spec.out_channels, *spec.out_size), lay.out_index, rows)
     if pool is not None:
-        pool.give(prod)
+        pool.give_spectrum(prod)
     return y
 
 
@@ -426,11 +454,12 @@ def input_grad_from_spectra(
     spec = lay.spec
     n = gf.shape[-1] // spec.out_channels
     prod = lay.spectrum(n * spec.in_channels, pool)
+    prepare_irfft(prod, lay.shape)
     _product(lay, Pass.INPUT_GRAD, gf, wf, prod)
     dx = np.empty((n, spec.in_channels, *spec.in_size), dtype=spec.dtype)
     _inverse(lay, prod, dx.reshape(n * spec.in_channels, *spec.in_size), lay.dx_index)
     if pool is not None:
-        pool.give(prod)
+        pool.give_spectrum(prod)
     return dx
 
 
@@ -446,6 +475,7 @@ def weight_grad_spectrum(
     maps = spec.out_channels * (spec.in_channels // spec.groups)
     if out is None:
         out = lay.spectrum(maps, pool)
+        prepare_irfft(out, lay.shape)
         _product(lay, Pass.WEIGHT_GRAD, xf, gf, out)
     else:
         _product(lay, Pass.WEIGHT_GRAD, xf, gf, out, accumulate=True)
@@ -461,7 +491,7 @@ def weight_grad_from_spectra(
     dw = np.empty(spec.weight_shape, dtype=spec.dtype)
     _inverse(lay, dwf, dw.reshape(-1, *spec.kernel), lay.dw_index)
     if pool is not None:
-        pool.give(dwf)
+        pool.give_spectrum(dwf)
     return dw
 
 
@@ -477,7 +507,7 @@ def forward(
     xf = input_spectrum(lay, x, pool)
     y = forward_from_spectra(lay, xf, wf, bias, pool)
     if pool is not None:
-        pool.give(xf)
+        pool.give_spectrum(xf)
     return y
 
 
@@ -488,19 +518,23 @@ def input_grad(
     gf = grad_spectrum(lay, g, pool)
     dx = input_grad_from_spectra(lay, gf, wf, pool)
     if pool is not None:
-        pool.give(gf)
+        pool.give_spectrum(gf)
     return dx
 
 
-def weight_grad(lay: FFTLayout, x: np.ndarray, g: np.ndarray, chunk: int) -> np.ndarray:
+def weight_grad(
+    lay: FFTLayout, x: np.ndarray, g: np.ndarray, chunk: int, pool: SpectrumPool | None = None
+) -> np.ndarray:
     """Weight gradient by FFT over ``chunk`` samples at a time; the batch sum is accumulated in
     the frequency domain (one inverse transform in all)."""
     spec = lay.spec
+    pool = pool or SpectrumPool()  # the chunks reuse one set of buffers
     dwf = None
     for n0 in range(0, spec.batch, chunk):
-        xf = input_spectrum(lay, x[n0 : n0 + chunk])
-        gf = grad_spectrum(lay, g[n0 : n0 + chunk])
-        dwf = weight_grad_spectrum(lay, xf, gf, dwf)
-        del xf, gf  # before the next chunk's spectra are made
+        xf = input_spectrum(lay, x[n0 : n0 + chunk], pool)
+        gf = grad_spectrum(lay, g[n0 : n0 + chunk], pool)
+        dwf = weight_grad_spectrum(lay, xf, gf, dwf, pool)
+        pool.give_spectrum(xf)
+        pool.give_spectrum(gf)
     assert dwf is not None
-    return weight_grad_from_spectra(lay, dwf)
+    return weight_grad_from_spectra(lay, dwf, pool)

@@ -21,12 +21,12 @@ from fftbp.planning.routes import Route
 
 __all__ = ["Workspace", "workspace"]
 
-#: per worker thread: FFTW scratch (512 KiB real per plan, a forward and an inverse plan) and the
-#: read-out copies of one sub-chunk, with room for the complex side
-_SCRATCH_PER_THREAD = 4 << 20
-#: per worker thread in the depthwise kernels: two plans' arrays (1 MiB of maps each side) and
-#: the weight gradient's accumulator and products
-_DW_SCRATCH_PER_THREAD = 12 << 20
+#: FFTW scratch of one sub-chunk of maps (fftbp.fft.plans._SCRATCH_BYTES); per worker thread the
+#: plan's scratch, the read-out copies and room for the complex side take 3 such sub-chunks
+_SUB_CHUNK = 512 << 10
+#: the depthwise kernels' chunk of maps per task (fftbp.kernels.fft_depthwise._SCRATCH_BYTES);
+#: per worker thread two plans' arrays, the weight gradient's accumulator and products take 8
+_DW_CHUNK = 1 << 20
 #: frequency-major buffers pad their map axis by up to 16 maps (see FFTLayout.empty_spectrum)
 _LD_PAD = 16
 
@@ -57,12 +57,17 @@ def _fft(spec: ConvSpec, pass_: Pass, threads: int, keep_x: bool) -> Workspace:
     nfreq = math.prod(shape[:-1]) * (shape[-1] // 2 + 1)
     csize = 2 * spec.dtype.itemsize
     c, f, cg = spec.in_channels, spec.out_channels, spec.in_channels // spec.groups
+    map_bytes = math.prod(shape) * spec.dtype.itemsize
     if spec.is_depthwise:
+        m = f // c
         wf = 2 * f * nfreq * csize if pass_ != Pass.WEIGHT_GRAD else 0
         kept = c * nfreq * csize if keep_x else 0
-        return Workspace(wf + threads * _DW_SCRATCH_PER_THREAD, kept)
+        per_task = min(max(_DW_CHUNK, (m + 1) * map_bytes), spec.batch * (c + f) * map_bytes)
+        return Workspace(wf + threads * 8 * per_task, kept)
     # the weight's (or the weight gradient's) spectrum, and two spectra per chunk
-    fixed = (f * cg + 3 * _LD_PAD) * nfreq * csize + threads * _SCRATCH_PER_THREAD
+    maps = max(spec.batch * max(c, f), f * cg)
+    sub = min(max(_SUB_CHUNK, map_bytes), maps * map_bytes)
+    fixed = (f * cg + 3 * _LD_PAD) * nfreq * csize + threads * 3 * sub
     return Workspace(fixed, (c + f) * nfreq * csize)
 
 
@@ -85,8 +90,9 @@ def workspace(
         padded = o.in_channels * math.prod(
             max(h + lo + hi, t) for h, (lo, hi), t in zip(o.in_size, o.padding, _total(r))
         )
-        per = 2 * (_per_sample(i.input_shape) + _per_sample(i.output_shape)) * i.batch // o.batch
-        per += 2 * (padded + _per_sample(o.output_shape))
+        inner_maps = (_per_sample(i.input_shape) + _per_sample(i.output_shape)) * i.batch
+        per = 8 * inner_maps // (5 * o.batch)
+        per += padded + _per_sample(o.output_shape)
         fixed = 2 * math.prod(i.weight_shape)
         extra = extra + Workspace(fixed * item, per * item)
     inner = chain[-1].inner if chain else spec
@@ -97,7 +103,13 @@ def workspace(
     else:
         base = direct_workspace(inner, pass_, threads)
     ratio = inner.batch // spec.batch
-    return extra + Workspace(base.fixed, base.per_sample * ratio)
+    # a chunk's result is made apart from the whole batch's when the batch is chunked
+    result = {
+        Pass.FORWARD: Workspace(0, _per_sample(spec.output_shape) * item),
+        Pass.INPUT_GRAD: Workspace(0, _per_sample(spec.input_shape) * item),
+        Pass.WEIGHT_GRAD: Workspace(2 * math.prod(spec.weight_shape) * item, 0),
+    }[pass_]
+    return extra + result + Workspace(base.fixed, base.per_sample * ratio)
 
 
 def _per_sample(shape: tuple[int, ...]) -> int:
@@ -134,7 +146,7 @@ def direct_workspace(spec: ConvSpec, pass_: Pass, threads: int) -> Workspace:
         flat = c * (math.prod(padded) + tail)
         positions = spec.out_size[0] * math.prod(padded[1:])
         if pass_ == Pass.FORWARD:
-            return Workspace(2 * weights * item + (1 << 16), (flat + 3 * f * positions) * item)
+            return Workspace(2 * weights * item + (1 << 16), (flat + 4 * f * positions) * item)
         return Workspace((threads + 3) * weights * item + (1 << 16), (flat + f * positions) * item)
     # strided: a padded copy per sample, and unfolded blocks of at most BLOCK_CAP bytes
     from_blocks = min(128 << 20, spec.batch * c * nk * math.prod(spec.out_size) * item)
