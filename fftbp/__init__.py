@@ -1,6 +1,7 @@
 """fftbp: convolution layers (forward, input gradient, weight gradient) in the frequency domain."""
 
 from fftbp._config import (
+    WorkspaceWarning,
     get_fftw_effort,
     get_num_threads,
     get_workspace_limit,
@@ -17,6 +18,7 @@ __all__ = [
     "Conv",
     "Grads",
     "Plan",
+    "WorkspaceWarning",
     "conv",
     "conv_input_grad",
     "conv_weight_grad",

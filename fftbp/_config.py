@@ -1,6 +1,6 @@
 """Process-wide settings: thread count, workspace limit, FFTW planning effort, the worker pool.
 
-Threading scheme (chosen by measurement, see ``docs/threads.md``): every FFTW plan and every BLAS
+Threading scheme (chosen by measurement, see ``docs/design.md``): every FFTW plan and every BLAS
 call runs single-threaded, and fftbp splits work (batch chunks for transforms, frequency chunks
 for the channel products) over its own pool of Python threads, which release the GIL inside FFTW
 and BLAS. OpenBLAS is set to one thread for the duration of an fftbp call and restored after;

@@ -418,11 +418,10 @@ class Conv:
                 self.method, res.spec, reuse=True, tol=self.tol, dyn=dyn, passes=tuple(passes)
             )
             routes = {q: (p if q in passes else res.plan).choice(q).route for q in Pass}
-        w = res.snapshot if res.snapshot is not None else self._weight
         return backward_train(
             res,
             g,
-            w,
+            self._weight,  # equal to the snapshot forward used (backward checked it)
             self._weights,
             input_grad=input_grad,
             weight_grad=weight_grad,

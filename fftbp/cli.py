@@ -1,8 +1,10 @@
 """The ``fftbp`` command (also ``python -m fftbp``).
 
 Subcommands so far: ``crossover`` (the kernel-size sweep: where FFT starts to win, per pass),
-``plan`` (print the planner's table for a layer) and ``calibrate`` (measure the cost model's
-constants on this machine). Bad arguments print one line and exit with 2.
+``accuracy`` and ``layers`` (studies), ``plan`` (print the planner's table for a layer) and
+``calibrate`` (measure the cost model's constants on this machine). Bad arguments print one line
+(``fftbp <cmd>: error: <arg>: <rule>, got <value>``) and exit with 2; the directory a command
+writes to (``--out``, the calibration cache) is checked before its long run starts.
 """
 
 from __future__ import annotations
@@ -10,10 +12,14 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import math
+import os
 import sys
+import tempfile
 import time
-from collections.abc import Sequence
-from typing import NoReturn
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, NoReturn
 
 
 class _Parser(argparse.ArgumentParser):
@@ -33,6 +39,17 @@ def _ints(text: str) -> tuple[int, ...]:
     if not values:
         raise argparse.ArgumentTypeError(f"expected at least one integer, got {text!r}")
     return values
+
+
+def _finite(text: str) -> float:
+    """A finite float (argparse's ``float`` also takes 'inf' and 'nan')."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite float, got {text!r}")
+    return value
 
 
 def _padding(text: str) -> int | str | tuple[int, ...]:
@@ -61,10 +78,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", choices=("estimate", "measure"), default="estimate")
     p.add_argument("--memory-limit", type=int, default=None, help="bytes")
     p.add_argument(
-        "--tol", type=float, default=None, help="accuracy target (each output vs its terms' scale)"
+        "--tol",
+        type=_finite,
+        default=None,
+        help="accuracy target (each output vs its terms' scale)",
     )
     p.add_argument(
-        "--dynamic-range", type=float, default=1.0, help="the data's dynamic range tol assumes"
+        "--dynamic-range", type=_finite, default=1.0, help="the data's dynamic range tol assumes"
     )
 
     x = sub.add_parser(
@@ -125,8 +145,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 tol=args.tol,
                 dynamic_range=args.dynamic_range,
             )
-        except (ValueError, TypeError, MemoryError) as exc:
-            return _error("plan", str(exc))
+        except (ValueError, TypeError) as exc:
+            return _error("plan", _one_line(exc))
+        except (MemoryError, OverflowError) as exc:
+            # a layer (or --dynamic-range) too large for the planner's arithmetic
+            return _error("plan", f"out of range: planning raised {_one_line(exc, typed=True)}")
         print(p)
         return 0
     if args.command == "crossover":
@@ -135,13 +158,46 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _accuracy(args)
     if args.command == "layers":
         return _layers(args)
-    from fftbp.planning import store
-    from fftbp.planning.calibrate import calibrate
+    return _calibrate(args)
 
-    k = calibrate(save=not args.no_save)
-    print(json.dumps(k.to_json(), indent=1))
-    if not args.no_save:
-        print(f"stored in {store.constants_path()}")
+
+def _calibrate_fn() -> Callable[..., Any]:
+    """The ``calibrate`` function (tests monkeypatch this one place). With PyTorch installed,
+    :mod:`fftbp.torch` is imported first: it registers torch's convolution, whose rates
+    calibrate measures too."""
+    try:
+        import fftbp.torch  # noqa: F401
+    except ImportError:
+        pass
+    from fftbp.engine.calibrate import calibrate
+
+    return calibrate
+
+
+def _calibrate(args: argparse.Namespace) -> int:
+    from fftbp.planning import store
+
+    bad = functools.partial(_error, "calibrate")
+    save = not args.no_save
+    if save:
+        what = (
+            "FFTBP_CACHE_DIR"
+            if os.environ.get("FFTBP_CACHE_DIR")
+            else "cache directory (set FFTBP_CACHE_DIR, or use --no-save)"
+        )
+        if msg := _unwritable_dir(what, store.cache_dir()):
+            return bad(msg)
+    # measured unsaved, and stored here, so that a failed save still shows the constants
+    k = _calibrate_fn()(save=False)
+    values = k.to_json()
+    print(json.dumps(values, indent=1), flush=True)
+    if save:
+        target = store.constants_path()
+        try:
+            store.save_constants(values, target)
+        except OSError as exc:
+            return bad(f"could not store the constants ({_one_line(exc)}), got {str(target)!r}")
+        print(f"stored in {target}")
     return 0
 
 
@@ -149,6 +205,46 @@ def _error(command: str, msg: str) -> int:
     """Report a bad argument of ``fftbp <command>`` on stderr; returns the exit status (2)."""
     print(f"fftbp {command}: error: {msg}", file=sys.stderr)
     return 2
+
+
+def _one_line(exc: BaseException, typed: bool = False) -> str:
+    """``exc``'s message on one line (with its type's name if ``typed`` or it has none)."""
+    text = " ".join(str(exc).split())
+    name = type(exc).__name__
+    if not text:
+        return name
+    return f"{name}: {text}" if typed else text
+
+
+def _unwritable_dir(arg: str, path: Path) -> str | None:
+    """Create directory ``path`` (and parents) and prove a file can be written in it; what is
+    wrong (for ``fftbp <cmd>: error: ...``) if not, else None. Run before a long study."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".fftbp-", suffix=".tmp"):
+            pass
+    except OSError as exc:
+        reason = _one_line(exc)
+        if isinstance(exc, FileExistsError):
+            reason = f"exists and is not a directory: {reason}"
+        return f"{arg}: expected a writable directory ({reason}), got {str(path)!r}"
+    return None
+
+
+def _write_results(
+    command: str, out: Path, write: Callable[[], list[Path]], t0: float | None = None
+) -> int:
+    """Write a study's files to ``--out`` (checked by ``_unwritable_dir`` before the study) and
+    say where; a write that fails all the same (disk full, directory gone) is one line, exit 2."""
+    try:
+        paths = write()
+    except OSError as exc:
+        return _error(
+            command, f"--out: could not write the results ({_one_line(exc)}), got {str(out)!r}"
+        )
+    took = "" if t0 is None else f" in {time.perf_counter() - t0:.0f} s"
+    print(f"wrote {', '.join(map(str, paths))}{took}")
+    return 0
 
 
 def _odd_kernels(kernels: Sequence[int]) -> str | None:
@@ -170,8 +266,6 @@ def _plot_problem(no_plot: bool) -> str | None:
 
 
 def _layers(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from fftbp.study import layers
     from fftbp.study.machine import describe
 
@@ -182,8 +276,13 @@ def _layers(args: argparse.Namespace) -> int:
             "layers",
             f"--only: unknown layer(s) {','.join(unknown)}; choose from {','.join(layers.LAYERS)}",
         )
-    if args.rounds < 1 or args.max_call <= 0:
-        return _error("layers", "--rounds and --max-call: expected positive")
+    if args.rounds < 1:
+        return _error("layers", f"--rounds: expected a positive int, got {args.rounds}")
+    if not args.max_call > 0:
+        return _error("layers", f"--max-call: expected positive seconds, got {args.max_call}")
+    out = Path(args.out)
+    if msg := _unwritable_dir("--out", out):
+        return _error("layers", msg)
     torch = not args.no_torch
     if torch:
         try:
@@ -191,18 +290,14 @@ def _layers(args: argparse.Namespace) -> int:
         except ImportError:
             torch = False
     rows = layers.run(names, args.rounds, args.max_call, torch)
-    print(layers.format_table(rows))
-    paths = layers.write(rows, Path(args.out), describe())
-    print(f"wrote {', '.join(map(str, paths))}")
-    return 0
+    print(layers.format_table(rows), flush=True)
+    return _write_results("layers", out, lambda: layers.write(rows, out, describe()))
 
 
 _DISTRIBUTIONS = ("uniform", "normal", "heavy_tailed", "dynamic_range")
 
 
 def _accuracy(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from fftbp.study import accuracy
     from fftbp.study.machine import describe
 
@@ -223,6 +318,9 @@ def _accuracy(args: argparse.Namespace) -> int:
         return bad(f"--sizes: expected positive sizes, some >= a kernel, got {args.sizes}")
     if msg := _plot_problem(args.no_plot):
         return bad(msg)
+    out = Path(args.out)
+    if msg := _unwritable_dir("--out", out):
+        return bad(msg)
     st = accuracy.Study(
         kernels=tuple(sorted(set(args.kernels))),
         sizes=tuple(sorted(set(args.sizes))),
@@ -230,15 +328,13 @@ def _accuracy(args: argparse.Namespace) -> int:
         dtypes=dtypes,
     )
     accuracy.run(st)
-    print(accuracy.format_table(st))
-    paths = accuracy.write(st, Path(args.out), describe(), plot=not args.no_plot)
-    print(f"wrote {', '.join(map(str, paths))}")
-    return 0
+    print(accuracy.format_table(st), flush=True)
+    return _write_results(
+        "accuracy", out, lambda: accuracy.write(st, out, describe(), plot=not args.no_plot)
+    )
 
 
 def _crossover(ap: argparse.ArgumentParser, args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from fftbp.study import crossover
     from fftbp.study.machine import describe
 
@@ -246,13 +342,17 @@ def _crossover(ap: argparse.ArgumentParser, args: argparse.Namespace) -> int:
 
     if msg := _odd_kernels(args.kernels):
         return bad(msg)
-    if args.size < 1 or args.batch < 1 or args.channels < 1:
-        return bad("--size, --batch and --channels: expected positive ints")
+    for name in ("size", "batch", "channels"):
+        if getattr(args, name) < 1:
+            return bad(f"--{name}: expected a positive int, got {getattr(args, name)}")
     if args.groups < 1 or args.channels % args.groups:
         return bad(f"--groups: must divide --channels={args.channels}, got {args.groups}")
     if max(args.kernels) > args.size:
         return bad(f"--kernels: the largest ({max(args.kernels)}) exceeds --size={args.size}")
     if msg := _plot_problem(args.no_plot):
+        return bad(msg)
+    out = Path(args.out)
+    if msg := _unwritable_dir("--out", out):
         return bad(msg)
     sw = crossover.Sweep(
         kernels=tuple(sorted(set(args.kernels))),
@@ -267,10 +367,10 @@ def _crossover(ap: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     )
     t0 = time.perf_counter()
     crossover.run(sw)
-    print(crossover.format_table(sw))
-    paths = crossover.write(sw, Path(args.out), describe(), plot=not args.no_plot)
-    print(f"wrote {', '.join(map(str, paths))} in {time.perf_counter() - t0:.0f} s")
-    return 0
+    print(crossover.format_table(sw), flush=True)
+    return _write_results(
+        "crossover", out, lambda: crossover.write(sw, out, describe(), plot=not args.no_plot), t0
+    )
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,4 +1,16 @@
-"""fftbp.torch against PyTorch itself: gradcheck, native modules as oracle, convert, DDP."""
+"""fftbp.torch against PyTorch itself: gradcheck, native modules as oracle, convert, DDP.
+
+``method="auto"`` plans every pass with torch's own convolution as one more candidate, and it
+plans the option product's tiny layers (tests/_cases.py) almost entirely to torch: 284 of their
+336 ``auto`` cases on the development machine (2 threads), which then compared torch with torch.
+The ``auto`` cases of :func:`test_matches_native_module` are therefore the same option product
+on larger kernels and maps (``LARGE``), kept only where :func:`fftbp.plan` (``native=True``, as
+the module plans) gives at least one pass to fftbp: 114 of 336 on the development machine (the
+other 222 are planned to torch everywhere). Only depthwise layers that small get fftbp routes,
+so :func:`test_auto_dense_and_grouped_layers` adds two bigger dense and grouped ones, and
+:func:`test_auto_all_torch_layers_match_native` checks a sample of layers planned entirely to
+torch. :func:`test_auto_cases_are_computed_by_fftbp` keeps the ``auto`` count substantial.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +23,7 @@ import pytest
 
 torch = pytest.importorskip("torch", reason="torch is part of the 'test' extra")
 
+import fftbp  # noqa: E402
 from fftbp.torch import (  # noqa: E402
     Conv1d,
     Conv2d,
@@ -24,6 +37,13 @@ OURS = {1: Conv1d, 2: Conv2d, 3: Conv3d}
 NATIVE = {1: torch.nn.Conv1d, 2: torch.nn.Conv2d, 3: torch.nn.Conv3d}
 MODES = ["zeros", "reflect", "replicate", "circular"]
 PADS = ["int", "tuple", "same", "valid"]  # what nn.ConvNd accepts
+DTYPES = {"f32": torch.float32, "f64": torch.float64}
+PASSES = ("forward", "input_grad", "weight_grad")
+
+#: (spatial sizes, kernel) by dimension: the option product's tiny layers ...
+SMALL = (SIZES, KERNELS)
+#: ... and larger kernels on larger maps, where "auto" gives fftbp some passes
+LARGE = ({1: (48,), 2: (20, 18), 3: (16, 16, 17)}, {1: (15,), 2: (9, 8), 3: (7, 7, 6)})
 
 pytestmark = pytest.mark.filterwarnings(
     "ignore:Using padding='same' with even kernel lengths:UserWarning"
@@ -32,15 +52,16 @@ pytestmark = pytest.mark.filterwarnings(
 
 def module_cases():
     """The option product (dimension, stride, padding kind, dilation, grouping); padding mode
-    and bias cycle through their values so that every one meets every other option."""
+    and bias cycle through their values so that every one meets every other option (grouping
+    varies fastest, so the mode's cycle shifts by one at every grouping cycle)."""
     combos = [
         c
         for c in itertools.product((1, 2, 3), (1, 2), PADS, (1, 2), GROUPINGS)
         if not (c[2] == "same" and c[1] != 1)
     ]
     for i, (nd, stride, pad, dil, grouping) in enumerate(combos):
-        mode = MODES[i % 4]
-        bias = (i // 4) % 2 == 0
+        mode = MODES[(i + i // 4) % 4]
+        bias = (i + i // 16) % 2 == 0
         yield (
             f"{nd}d-s{stride}-{pad}-d{dil}-{grouping}-{mode}-{'b' if bias else 'nob'}",
             (
@@ -58,9 +79,10 @@ def module_cases():
 CASES = list(module_cases())
 
 
-def make_pair(case, dtype, method, seed=0):
+def make_pair(case, dtype, method, seed=0, shapes=SMALL):
     """An fftbp module and a native one with the same parameters, and an input."""
     nd, stride, pad, dil, grouping, mode, bias = case
+    sizes, kernels = shapes
     c, f, groups = channels(grouping)
     kw = dict(
         stride=stride,
@@ -72,11 +94,67 @@ def make_pair(case, dtype, method, seed=0):
         dtype=dtype,
     )
     torch.manual_seed(seed)
-    ours = OURS[nd](c, f, KERNELS[nd], **kw, method=method)
-    native = NATIVE[nd](c, f, KERNELS[nd], **kw)
+    ours = OURS[nd](c, f, kernels[nd], **kw, method=method)
+    native = NATIVE[nd](c, f, kernels[nd], **kw)
     native.load_state_dict(ours.state_dict())
-    x = torch.randn(2, c, *SIZES[nd], dtype=dtype)
+    x = torch.randn(2, c, *sizes[nd], dtype=dtype)
     return ours, native, x
+
+
+def _explicit(padding, kernel, dilation) -> list[tuple[int, int]]:
+    """(low, high) zero padding per axis, as ``nn.ConvNd`` pads for a non-'zeros' mode."""
+    if padding == "same":
+        totals = [dilation * (k - 1) for k in kernel]
+        return [(t // 2, t - t // 2) for t in totals]
+    if padding == "valid":
+        padding = 0
+    if isinstance(padding, int):
+        padding = (padding,) * len(kernel)
+    return [(p, p) for p in padding]
+
+
+def planned_routes(case, dtype, shapes) -> tuple[str, ...]:
+    """What ``method="auto"`` computes each pass of the module with ("fft", "direct" or
+    "torch"): the module's plan is fftbp.plan(native=True) of the input it hands to fftbp, which
+    for padding modes other than 'zeros' is the input already padded (and padding 0)."""
+    nd, stride, pad, dil, grouping, mode, _ = case
+    sizes, kernels = shapes
+    c, f, groups = channels(grouping)
+    size, padding = sizes[nd], padding_value(pad, nd)
+    if mode != "zeros":
+        pairs = _explicit(padding, kernels[nd], dil)
+        size, padding = tuple(n + lo + hi for n, (lo, hi) in zip(size, pairs)), 0
+    p = fftbp.plan(
+        (2, c, *size),
+        (f, c // groups, *kernels[nd]),
+        stride,
+        padding,
+        dil,
+        groups,
+        str(dtype).removeprefix("torch."),
+        native=True,
+    )
+    return tuple(p.choice(q).route.base for q in PASSES)
+
+
+def _by_fftbp(routes) -> bool:
+    return any(r != "torch" for r in routes)
+
+
+#: (id, case, dtype id) of the LARGE option product that "auto" gives fftbp at least one pass of
+AUTO_CASES = [
+    (f"auto-{d}-{cid}", case, d)
+    for d, dtype in DTYPES.items()
+    for cid, case in CASES
+    if _by_fftbp(planned_routes(case, dtype, LARGE))
+]
+#: every 24th SMALL case (both dtypes) that "auto" plans entirely to torch
+ALL_TORCH_CASES = [
+    (f"{d}-{cid}", case, d)
+    for d, dtype in DTYPES.items()
+    for cid, case in CASES
+    if not _by_fftbp(planned_routes(case, dtype, SMALL))
+][::24]
 
 
 def step(module, x, g=None, seed=1):
@@ -94,19 +172,74 @@ def rel(a, b):
     return float((a - b).norm() / max(b.norm(), 1e-300))
 
 
-# -- correctness against torch --------------------------------------------------------------------
-@pytest.mark.parametrize("method", ["fft", "direct", "auto"])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
-@pytest.mark.parametrize("case", [c for _, c in CASES], ids=[i for i, _ in CASES])
-def test_matches_native_module(case, dtype, method):
-    ours, native, x = make_pair(case, dtype, method)
+def assert_matches(ours, native, x, dtype):
+    """One forward and backward of each module: output, input and parameter gradients."""
     y, grads, g = step(ours, x)
     y_ref, grads_ref, _ = step(native, x, g)
     tol = 1e-5 if dtype == torch.float32 else 1e-11
     assert y.dtype == dtype and y.shape == y_ref.shape
     assert rel(y, y_ref) <= tol
+    assert len(grads) == len(grads_ref)
     for a, b in zip(grads, grads_ref):
         assert rel(a, b) <= tol
+
+
+# -- correctness against torch --------------------------------------------------------------------
+def _native_params():
+    for method in ("fft", "direct"):
+        for d in DTYPES:
+            for cid, case in CASES:
+                yield pytest.param(case, d, method, id=f"{method}-{d}-{cid}")
+    for pid, case, d in AUTO_CASES:
+        yield pytest.param(case, d, "auto", id=pid)
+
+
+@pytest.mark.parametrize(("case", "dtype", "method"), list(_native_params()))
+def test_matches_native_module(case, dtype, method):
+    """fft and direct on the option product; auto on LARGE layers where fftbp computes some
+    pass (AUTO_CASES), so that every case compares fftbp with torch."""
+    dtype = DTYPES[dtype]
+    shapes = LARGE if method == "auto" else SMALL
+    ours, native, x = make_pair(case, dtype, method, shapes=shapes)
+    assert_matches(ours, native, x, dtype)
+
+
+def test_auto_cases_are_computed_by_fftbp():
+    """A substantial share of the auto option product has a pass computed by fftbp, in both
+    dtypes, every dimension, padding mode and stride (114 of 336 when written)."""
+    assert len(AUTO_CASES) >= len(CASES) * len(DTYPES) // 4
+    seen = {(d, case[0], case[5], case[1]) for _, case, d in AUTO_CASES}
+    assert seen >= set(itertools.product(DTYPES, (1, 2, 3), MODES, (1, 2)))
+
+
+@pytest.mark.parametrize(
+    ("case", "dtype"), [c[1:] for c in ALL_TORCH_CASES], ids=[c[0] for c in ALL_TORCH_CASES]
+)
+def test_auto_all_torch_layers_match_native(case, dtype):
+    """Layers whose every pass "auto" plans to torch still give torch's results."""
+    dtype = DTYPES[dtype]
+    assert not _by_fftbp(planned_routes(case, dtype, SMALL))
+    ours, native, x = make_pair(case, dtype, "auto")
+    assert_matches(ours, native, x, dtype)
+
+
+@pytest.mark.parametrize(
+    ("c", "f", "groups", "kernel", "size"),
+    [(8, 8, 1, (31, 29), (32, 32)), (16, 16, 2, (31, 31), (32, 32))],
+    ids=["dense", "grouped"],
+)
+def test_auto_dense_and_grouped_layers(c, f, groups, kernel, size):
+    """Dense and grouped layers large enough for "auto" to give fftbp a pass (float64)."""
+    dtype = torch.float64
+    p = fftbp.plan(
+        (2, c, *size), (f, c // groups, *kernel), 1, "same", 1, groups, "float64", native=True
+    )
+    assert _by_fftbp(p.choice(q).route.base for q in PASSES), str(p)
+    torch.manual_seed(0)
+    ours = Conv2d(c, f, kernel, padding="same", groups=groups, dtype=dtype)
+    native = torch.nn.Conv2d(c, f, kernel, padding="same", groups=groups, dtype=dtype)
+    native.load_state_dict(ours.state_dict())
+    assert_matches(ours, native, torch.randn(2, c, *size, dtype=dtype), dtype)
 
 
 TILED_SIZES = {1: (40,), 2: (24, 22), 3: (16, 15, 16)}  # several tiles per axis
@@ -126,6 +259,16 @@ def test_gradcheck_fast(case, method):
     ours, _, x = make_pair(case, torch.float64, method)
     if method == "fft_tiled":
         x = torch.randn(2, ours.in_channels, *TILED_SIZES[case[0]], dtype=torch.float64)
+    assert _gradcheck(ours, x, fast_mode=True)
+
+
+AUTO_F64 = [(pid, case) for pid, case, d in AUTO_CASES if d == "f64"]
+
+
+@pytest.mark.parametrize("case", [c for _, c in AUTO_F64], ids=[i for i, _ in AUTO_F64])
+def test_gradcheck_fast_auto(case):
+    """gradcheck of "auto" where fftbp computes some pass (the float64 AUTO_CASES)."""
+    ours, _, x = make_pair(case, torch.float64, "auto", shapes=LARGE)
     assert _gradcheck(ours, x, fast_mode=True)
 
 
@@ -227,13 +370,13 @@ def test_two_pending_forwards_and_retain_graph():
 
 def test_no_input_grad_when_nobody_asks(monkeypatch):
     calls = []
-    orig = _modules._Engine._backward_step
+    orig = _modules._Engine._gradients
 
-    def spy(self, saved, g, input_grad, weight_grad):
+    def spy(self, res, g, input_grad, weight_grad):
         calls.append((input_grad, weight_grad))
-        return orig(self, saved, g, input_grad, weight_grad)
+        return orig(self, res, g, input_grad, weight_grad)
 
-    monkeypatch.setattr(_modules._Engine, "_backward_step", spy)
+    monkeypatch.setattr(_modules._Engine, "_gradients", spy)
     layer = Conv2d(2, 2, 7, padding=3, method="fft")
     layer(torch.randn(1, 2, 12, 12)).sum().backward()  # first layer: x needs no grad
     layer.weight.requires_grad_(False)
@@ -376,8 +519,7 @@ def test_every_mix_of_pass_routes(routes):
     """A plan may compute each pass differently (torch's kernel for one, fftbp for another):
     what forward keeps must serve whichever gradient routes follow."""
     from fftbp._params import ConvSpec
-    from fftbp.planning.plan import Choice, Plan
-    from fftbp.planning.routes import Route
+    from fftbp.planning import Choice, Plan, Route
 
     torch.manual_seed(0)
     x = torch.randn(2, 4, 13, 12, dtype=torch.float64)

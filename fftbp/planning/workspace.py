@@ -3,7 +3,7 @@
 Workspace is what a call allocates besides its operands and its result: spectra, padded and
 unfolded copies, the reductions' inner arrays, per-thread scratch. Every figure here is an upper
 bound of what the kernels allocate for a batch chunk (checked under ``tracemalloc`` by
-``tests/test_limits.py``), and :mod:`fftbp.engine` chunks the batch so that
+``tests/test_engine.py``), and :mod:`fftbp.engine` chunks the batch so that
 ``fixed + chunk * per`` stays within the call's limit, or refuses with ``MemoryError`` when
 one sample does not fit. The planner prints these figures and picks only routes that fit.
 """

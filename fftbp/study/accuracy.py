@@ -12,7 +12,7 @@ points and ``terms`` the summed channels (C/g forward, F/g input gradient, N wei
 
     bound = C_MODEL * eps * (log2(n) + log2(terms))
 
-``C_MODEL`` is set once (documented in docs/accuracy.md) and checked against every row of the
+``C_MODEL`` is set once (documented in docs/results.md) and checked against every row of the
 study. The large-dynamic-range inputs show the other side: the L2 error stays within the bound,
 but outputs far below the largest ones lose all their relative accuracy in float32 FFT (the
 error of every output is of order eps times the largest ones), where direct convolution keeps
