@@ -25,6 +25,8 @@ __all__ = [
     "WorkspaceWarning",
     "best_of_rounds",
     "blas_single_threaded",
+    "call_settings",
+    "current_call",
     "get_fftw_effort",
     "get_num_threads",
     "get_workspace_limit",
@@ -35,8 +37,6 @@ __all__ = [
     "set_fftw_effort",
     "set_num_threads",
     "set_workspace_limit",
-    "call_settings",
-    "current_call",
 ]
 
 _FFTW_EFFORTS = ("FFTW_ESTIMATE", "FFTW_MEASURE", "FFTW_PATIENT", "FFTW_EXHAUSTIVE")

@@ -380,9 +380,7 @@ def check_plan_args(mode: Any, memory_limit: Any, native: Any, dynamic_range: An
 
 def check_memory_limit(memory_limit: Any) -> None:
     """``memory_limit=``: None or a positive int of bytes."""
-    if memory_limit is not None and (
-        not _is_int(memory_limit) or memory_limit <= 0
-    ):
+    if memory_limit is not None and (not _is_int(memory_limit) or memory_limit <= 0):
         raise ValueError(
             f"memory_limit: expected a positive int (bytes) or None, got {memory_limit!r}"
         )

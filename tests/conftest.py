@@ -10,7 +10,7 @@ os.environ["FFTBP_CACHE_DIR"] = tempfile.mkdtemp(prefix="fftbp-tests-")
 import fftbp
 
 # FFTW_MEASURE plans cost 0.1-1 s each; the numerics do not depend on the planner effort, so the
-# suite plans with FFTW_ESTIMATE (tests/test_execution.py::test_measure_effort_gives_the_same_result covers FFTW_MEASURE).
+# suite plans with FFTW_ESTIMATE (FFTW_MEASURE: tests/test_execution.py, test_measure_effort_...).
 fftbp.set_fftw_effort("FFTW_ESTIMATE")
 
 

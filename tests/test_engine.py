@@ -45,7 +45,7 @@ def _race(fn, n: int, threads: int = 4, rounds: int = 3) -> int:
     for _ in range(rounds):
         bar = threading.Barrier(threads)
 
-        def worker(t: int) -> list[tuple[int, object]]:
+        def worker(t: int, bar: threading.Barrier = bar) -> list[tuple[int, object]]:
             bar.wait()
             return [(i, fn(i)) for i in range(t, n, threads)]
 
@@ -53,9 +53,11 @@ def _race(fn, n: int, threads: int = 4, rounds: int = 3) -> int:
             for fut in [ex.submit(worker, t) for t in range(threads)]:
                 for i, r in fut.result():
                     ref = serial[i]
-                    same = all(np.array_equal(a, b) for a, b in zip(r, ref)) if isinstance(
-                        ref, tuple
-                    ) else np.array_equal(r, ref)
+                    same = (
+                        all(np.array_equal(a, b) for a, b in zip(r, ref))
+                        if isinstance(ref, tuple)
+                        else np.array_equal(r, ref)
+                    )
                     bad += not same
     return bad
 
@@ -98,8 +100,10 @@ def test_set_num_threads_while_other_threads_compute(rng):
     down under it: 'cannot schedule new futures after shutdown') nor changes its result."""
     old = fftbp.get_num_threads()
     w, groups, xs, gs = _layer("grouped", rng, size=40, k=9)
-    serial = [fftbp.conv_weight_grad(x, w.shape, g, padding=4, groups=groups, method="fft")
-              for x, g in zip(xs, gs)]
+    serial = [
+        fftbp.conv_weight_grad(x, w.shape, g, padding=4, groups=groups, method="fft")
+        for x, g in zip(xs, gs)
+    ]
     stop = threading.Event()
 
     def toggle() -> None:
@@ -114,9 +118,10 @@ def test_set_num_threads_while_other_threads_compute(rng):
     try:
         with ThreadPoolExecutor(3) as ex:
             futs = [
-                ex.submit(fftbp.conv_weight_grad, x, w.shape, g, padding=4, groups=groups,
-                          method=m)
-                for _ in range(3) for x, g in zip(xs, gs) for m in ("fft",)
+                ex.submit(fftbp.conv_weight_grad, x, w.shape, g, padding=4, groups=groups, method=m)
+                for _ in range(3)
+                for x, g in zip(xs, gs)
+                for m in ("fft",)
             ]
             results = [f.result() for f in futs]
     finally:

@@ -10,6 +10,14 @@ import fftbp
 from fftbp._params import ConvSpec
 from fftbp.engine import run_pass
 from fftbp.planning import Choice, Plan, Route, candidate_routes
+from fftbp.testing import (
+    TOLERANCE,
+    reference_conv,
+    reference_input_grad,
+    reference_weight_grad,
+    relative_error,
+)
+from tests._cases import make_case, option_product
 
 
 def run_forward(route, spec, x, w, b):
@@ -22,14 +30,7 @@ def run_input_grad(route, spec, w, g):
 
 def run_weight_grad(route, spec, x, g):
     return run_pass(route, spec, "weight_grad", x, g)
-from fftbp.testing import (
-    TOLERANCE,
-    reference_conv,
-    reference_input_grad,
-    reference_weight_grad,
-    relative_error,
-)
-from tests._cases import make_case, option_product
+
 
 CASES = list(option_product())
 

@@ -137,7 +137,10 @@ def test_float64_transform_route_matches_reference(pass_, tile, rng):
     p = Plan(spec, "test", *(Choice(route, 0.0, 0) for _ in range(3)))
     xe, we, ge = (a.astype(np.float64) for a in (x, w, g))
     got, exact = {
-        "forward": (fftbp.conv(x, w, padding="same", method=p), reference_conv(xe, we, padding="same")),
+        "forward": (
+            fftbp.conv(x, w, padding="same", method=p),
+            reference_conv(xe, we, padding="same"),
+        ),
         "input_grad": (
             fftbp.conv_input_grad(x.shape, w, g, padding="same", method=p),
             reference_input_grad(x.shape, we, ge, padding="same"),

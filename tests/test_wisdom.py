@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 import fftbp
-from fftbp.planning import store
 from fftbp.engine.calibrate import calibrate
+from fftbp.planning import store
 from fftbp.planning.cost import Constants
 from fftbp.planning.planner import constants, set_constants
 

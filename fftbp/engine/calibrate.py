@@ -183,9 +183,7 @@ def _torch_rates(
         # the best time, not the median: torch is taken at its fastest, so that the planner
         # leaves borderline layers to it
         t = min(
-            median_time(
-                lambda s=spec, x=x, w=w: run_pass(Route("torch"), s, Pass.FORWARD, x, w), 1
-            )
+            median_time(lambda s=spec, x=x, w=w: run_pass(Route("torch"), s, Pass.FORWARD, x, w), 1)
             for _ in range(reps)
         )
         rates[name] = _rate(spec.flops, t, fallback)

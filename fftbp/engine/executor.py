@@ -112,8 +112,11 @@ def _base(name: str) -> Base:
     if base is None:
         raise RuntimeError(
             f"route: the base {name!r} is not registered; "
-            + ("import fftbp.torch first (it registers PyTorch's convolution)" if name == "torch"
-               else f"known bases: {', '.join(sorted({*_BUILTIN, *_bases}))}")
+            + (
+                "import fftbp.torch first (it registers PyTorch's convolution)"
+                if name == "torch"
+                else f"known bases: {', '.join(sorted({*_BUILTIN, *_bases}))}"
+            )
         )
     return base
 

@@ -116,7 +116,7 @@ def fft_cost_of(
     fwd, inv = _maps(spec, pass_, have)
     unit = k.fft_natural_s_per_unit if spec.is_depthwise else k.fft_s_per_unit
     t_fft = (fwd + inv) * fft_cost(shape) * unit * (1.8 if f64 else 1.0)
-    n, c, f, cg = spec.batch, spec.in_channels, spec.out_channels, spec.in_channels // spec.groups
+    n, f, cg = spec.batch, spec.out_channels, spec.in_channels // spec.groups
     if spec.is_depthwise:
         t_prod = nfreq * n * f * k.elementwise_s * (2 if pass_ == Pass.WEIGHT_GRAD else 1)
     else:
@@ -177,7 +177,9 @@ def direct_cost_of(spec: ConvSpec, pass_: Pass, k: Constants) -> float:
     cols = n * math.prod(spec.out_size) * c * nk
     unfold = cols * item
     # the GEMM reads its unfolded operand from memory: about half the shifted kernels' rate
-    return 2 * spec.flops / k.direct_flops * (2.0 if f64 else 1.0) + unfold / k.direct_bytes + k.call_s
+    return (
+        2 * spec.flops / k.direct_flops * (2.0 if f64 else 1.0) + unfold / k.direct_bytes + k.call_s
+    )
 
 
 def torch_cost_of(spec: ConvSpec, pass_: Pass, k: Constants) -> float:

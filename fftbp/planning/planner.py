@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fftbp._config import current_call, physical_memory
-from fftbp._params import METHOD_NAMES, PASSES, ConvSpec, Pass, check_method, check_tol
+from fftbp._params import PASSES, ConvSpec, Pass, check_method, check_tol
 from fftbp.planning import store
 from fftbp.planning.candidates import candidate_routes
 from fftbp.planning.cost import Constants, PassCost, estimate
@@ -310,6 +310,3 @@ def resolve(
         p = forced_plan(spec, method)
     check_accuracy(p, passes, tol, dyn)
     return p
-
-
-

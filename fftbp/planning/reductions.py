@@ -45,8 +45,8 @@ from functools import cached_property
 
 import numpy as np
 
-from fftbp._params import ConvSpec
 from fftbp._arrays import pad_or_crop
+from fftbp._params import ConvSpec
 
 __all__ = ["DilationPhases", "Polyphase", "Reduction", "Tiles"]
 
@@ -93,7 +93,6 @@ class Reduction:
         return dw
 
 
-
 @dataclass(frozen=True)
 class Tiles(Reduction):
     """Overlap-save tiles of ``tile`` outputs per axis."""
@@ -130,7 +129,6 @@ class Tiles(Reduction):
             in_size=self.window,
             padding=((0, 0),) * s.nd,
         )
-
 
     def x_in(self, x: np.ndarray) -> np.ndarray:
         s = self.outer
@@ -307,7 +305,6 @@ class Polyphase(Reduction):
             padding=padding,
         )
 
-
     def x_in(self, x: np.ndarray) -> np.ndarray:
         return self._x.split(x).reshape(self.inner.input_shape)
 
@@ -369,7 +366,6 @@ class DilationPhases(Reduction):
             dilation=(1,) * s.nd,
             padding=padding,
         )
-
 
     def _batch(self, a: np.ndarray) -> np.ndarray:
         """``(N, *d, C, *count)`` -> ``(N * prod(d), C, *count)`` (a view)."""

@@ -19,9 +19,7 @@ __all__ = ["accurate", "check_accuracy", "data_ranges", "rounded"]
 Ranges = dict[Pass, DataRange]
 
 
-def data_ranges(
-    spec: ConvSpec, pass_: Pass, a: np.ndarray, b: np.ndarray | None = None
-) -> Ranges:
+def data_ranges(spec: ConvSpec, pass_: Pass, a: np.ndarray, b: np.ndarray | None = None) -> Ranges:
     """The dynamic range of ``pass_``'s operands (:func:`fftbp.planning.errors.dynamic_range`)
     within whole maps and within every candidate tile: what ``tol=`` plans on. Non-finite data
     has no range: ``ValueError`` naming the operand."""

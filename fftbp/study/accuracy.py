@@ -33,8 +33,8 @@ import numpy as np
 import fftbp
 from fftbp._params import ConvSpec
 from fftbp.fft.sizes import transform_shape
-from fftbp.planning.errors import route_error
 from fftbp.planning.candidates import candidate_routes
+from fftbp.planning.errors import route_error
 from fftbp.planning.planner import resolve
 from fftbp.planning.tolerance import data_ranges
 from fftbp.testing import reference_passes
