@@ -29,15 +29,9 @@ from fftbp._params import (
     normalize_float_array,
     shape_arg,
 )
-from fftbp.engine.executor import (
-    Residuals,
-    WeightSpectra,
-    backward_train,
-    forward_train,
-    has_base,
-    run_pass,
-)
+from fftbp.engine.executor import has_base, run_pass
 from fftbp.engine.measure import measured_plan
+from fftbp.engine.training import Residuals, WeightSpectra, backward_train, forward_train
 from fftbp.kernels.fft import SpectrumPool
 from fftbp.planning.decision import Plan
 from fftbp.planning.errors import DataRange

@@ -1,5 +1,6 @@
-"""The one executor: every pass of every route runs through :func:`run_pass` (stateless calls)
-or :func:`forward_train` / :func:`backward_train` (a training step that reuses spectra).
+"""The one executor: every pass of every route runs through :func:`run_pass`, for the
+stateless functions and, through :mod:`fftbp.engine.training` (a training step that reuses
+spectra between its passes), for :class:`fftbp.Conv` and :mod:`fftbp.torch`.
 
 A route (:class:`~fftbp.planning.routes.Route`) is a base kernel after a chain of reductions
 (:mod:`fftbp.planning.reductions`), optionally computed in float64. The executor
@@ -12,42 +13,27 @@ A route (:class:`~fftbp.planning.routes.Route`) is a base kernel after a chain o
   or a base registered by a higher layer (:func:`register_base`; :mod:`fftbp.torch` registers
   PyTorch's convolution as ``torch``).
 
-State between the passes of a step is a :class:`Residuals` value that forward returns and
-backward consumes; the only state a layer keeps between steps is the weight's spectrum, a pure
-function of the weight (:class:`WeightSpectra`), and a pool of buffers lent to one call at a
-time.
 """
 
 from __future__ import annotations
 
-import threading
 import warnings
-import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
-import pyfftw
 
 from fftbp._config import CallSettings, WorkspaceWarning, call_settings, physical_memory
 from fftbp._params import ConvSpec, Pass
 from fftbp.kernels import direct as _direct
 from fftbp.kernels import fft as _fft
 from fftbp.kernels import fft_depthwise as _fdw
-from fftbp.planning.decision import Plan, describe_spec, format_bytes
+from fftbp.planning.decision import describe_spec, format_bytes
 from fftbp.planning.routes import Route
 from fftbp.planning.workspace import Workspace, workspace
 
-__all__ = [
-    "Base",
-    "Residuals",
-    "WeightSpectra",
-    "backward_train",
-    "forward_train",
-    "register_base",
-    "run_pass",
-]
+__all__ = ["Base", "chunk_within", "fft_chunked", "has_base", "register_base", "run_pass"]
 
 _FFT = Route("fft")
 
@@ -165,7 +151,9 @@ def _once(
     return out_of("dw_out", base.weight_grad(inner, into("x_in", a), into("g_in", b)))
 
 
-def _chunk(memory: Workspace, spec: ConvSpec, route: Route, pass_: Pass, call: CallSettings) -> int:
+def chunk_within(
+    memory: Workspace, spec: ConvSpec, route: Route, pass_: Pass, call: CallSettings
+) -> int:
     """Samples per chunk within the call's limit. When one sample does not fit: a
     :class:`~fftbp._config.WorkspaceWarning` and one sample at a time, or ``MemoryError`` when
     one sample needs more than this machine's memory."""
@@ -209,9 +197,9 @@ def run_pass(
     pass_ = Pass(pass_)
     with call_settings(limit) as call:
         memory = workspace(route, spec, pass_, call.threads)
-        n = _chunk(memory, spec, route, pass_, call)
+        n = chunk_within(memory, spec, route, pass_, call)
         if route == _FFT and not spec.is_depthwise and n < spec.batch:
-            return _fft_chunked(spec, pass_, a, b, bias, n, None)
+            return fft_chunked(spec, pass_, a, b, bias, n, None)
         if n >= spec.batch:
             return _once(route, spec, pass_, a, b, bias)
         return _chunked(route, spec, pass_, a, b, bias, n)
@@ -250,7 +238,7 @@ def _chunked(
     return out
 
 
-def _fft_chunked(
+def fft_chunked(
     spec: ConvSpec,
     pass_: Pass,
     a: np.ndarray,
@@ -277,196 +265,3 @@ def _fft_chunked(
     for n0 in range(0, spec.batch, n):
         dx[n0 : n0 + n] = _fft.input_grad(lay, wf, b[n0 : n0 + n], pool)
     return dx
-
-
-# -- a training step: spectra shared between passes ----------------------------------------------
-@dataclass(frozen=True)
-class _WeightState:
-    """A snapshot of the weight and the spectra made from it (layout key -> Wf)."""
-
-    snapshot: np.ndarray
-    spectra: dict[tuple[Any, ...], np.ndarray]
-
-
-class WeightSpectra:
-    """The weight's spectra of one layer, made once per weight value (thread-safe).
-
-    A spectrum is a pure function of the weight: :meth:`refresh` compares the weight with the
-    snapshot the spectra were made from, and starts over when it changed (``w -= lr * dw``
-    in place included). Two threads may compute the same spectrum at once; both are right.
-    """
-
-    def __init__(self) -> None:
-        self._state: _WeightState | None = None
-        self._lock = threading.Lock()
-
-    def refresh(self, w: np.ndarray) -> np.ndarray:
-        """The current snapshot of ``w`` (a new one if ``w`` changed since the last)."""
-        state = self._state
-        if state is not None and np.array_equal(w, state.snapshot):
-            return state.snapshot
-        new = _WeightState(np.array(w, copy=True), {})
-        new.snapshot.flags.writeable = False
-        with self._lock:
-            self._state = new
-        return new.snapshot
-
-    def changed_since(self, w: np.ndarray, snapshot: np.ndarray | None) -> bool:
-        return snapshot is None or not np.array_equal(w, snapshot)
-
-    def get(self, lay: _fft.FFTLayout, snapshot: np.ndarray) -> np.ndarray:
-        """Wf of ``snapshot`` for ``lay`` (computed on first use)."""
-        state = self._state
-        if state is None or state.snapshot is not snapshot:
-            state = _WeightState(snapshot, {})  # an older snapshot: compute, do not keep
-        depthwise = lay.spec.is_depthwise
-        key = (lay.shape, lay.spec.kernel, lay.spec.dilation, lay.spec.groups, depthwise)
-        wf = state.spectra.get(key)
-        if wf is None:
-            make = _fdw.weight_spectrum if depthwise else _fft.weight_spectrum
-            wf = make(lay, snapshot)
-            wf.flags.writeable = False
-            with self._lock:
-                state.spectra[key] = wf
-        return wf
-
-
-@dataclass(frozen=True)
-class Residuals:
-    """What a forward pass keeps for its backward pass: the layer, the plan and the limit it
-    ran under, the weight snapshot it used, and ``x`` or its spectrum ``xf``."""
-
-    spec: ConvSpec
-    plan: Plan
-    limit: int
-    snapshot: np.ndarray | None
-    x: np.ndarray | None
-    xf: np.ndarray | None
-
-
-def _keep_pool(res: Residuals, pool: _fft.SpectrumPool | None, buf: np.ndarray | None) -> None:
-    """Give ``buf`` back to ``pool`` when ``res`` is garbage (nobody can reach it then)."""
-    if pool is not None and buf is not None:
-        give = pool.give if res.spec.is_depthwise else pool.give_spectrum
-        weakref.finalize(res, give, buf)
-
-
-def forward_train(
-    plan: Plan,
-    spec: ConvSpec,
-    x: np.ndarray,
-    w: np.ndarray,
-    bias: np.ndarray | None,
-    weights: WeightSpectra,
-    *,
-    weight_grad: bool = True,
-    keep_x: bool = False,
-    copy_x: bool = True,
-    snapshot: bool = False,
-    pool: _fft.SpectrumPool | None = None,
-) -> tuple[np.ndarray, Residuals]:
-    """The forward pass of a training step and what its backward pass needs.
-
-    By whole-map FFT the input's spectrum is kept for the weight gradient when that is by
-    whole-map FFT too and the whole batch fits the limit; otherwise ``x`` is kept (copied
-    unless ``copy_x=False``: the caller guarantees it stays unchanged, as torch's saved
-    tensors do). ``weight_grad=False`` keeps nothing for a weight gradient; ``keep_x=True``
-    keeps ``x`` in any case (``tol=`` re-plans the gradients on grad_output's range);
-    ``snapshot=True`` takes a weight snapshot whatever the route (for a later in-place check).
-    """
-    routes = {p: plan.choice(p).route for p in Pass}
-    with call_settings(plan.memory_limit) as call:
-        snap = weights.refresh(w) if snapshot else None
-        xf = None
-        if routes[Pass.FORWARD] == _FFT:
-            snap = weights.refresh(w) if snap is None else snap
-            lay = _fft.layout(spec)
-            wf = weights.get(lay, snap)
-            want_xf = weight_grad and routes[Pass.WEIGHT_GRAD] == _FFT
-            memory = workspace(_FFT, spec, Pass.FORWARD, call.threads, keep_x=want_xf)
-            n = _chunk(memory, spec, _FFT, Pass.FORWARD, call)
-            if want_xf and n < spec.batch:  # keeping Xf does not fit: keep x instead
-                memory = workspace(_FFT, spec, Pass.FORWARD, call.threads)
-                n, want_xf = _chunk(memory, spec, _FFT, Pass.FORWARD, call), False
-            if spec.is_depthwise:
-                xf_out = None
-                if want_xf:
-                    shape = (spec.batch * spec.in_channels, *lay.half_shape)
-                    dtype = lay.complex_dtype
-                    make = lambda: pyfftw.empty_aligned(shape, dtype=dtype, n=64)  # noqa: E731
-                    xf_out = pool.take(shape, dtype, make) if pool is not None else make()
-                y, xf = _fdw.forward(lay, x, wf, bias, keep_xf=want_xf, xf_out=xf_out)
-            elif want_xf:
-                xf = _fft.input_spectrum(lay, x, pool)
-                y = _fft.forward_from_spectra(lay, xf, wf, bias, pool)
-            else:
-                y = _fft_chunked(spec, Pass.FORWARD, x, wf, bias, n, wf, pool)
-        else:
-            y = run_pass(routes[Pass.FORWARD], spec, Pass.FORWARD, x, w, bias)
-        kept_x = None
-        if weight_grad and (xf is None or keep_x):
-            kept_x = np.array(x, copy=True) if copy_x else x
-        res = Residuals(spec, plan, call.limit, snap, kept_x, xf)
-    _keep_pool(res, pool, xf)
-    return y, res
-
-
-def backward_train(
-    res: Residuals,
-    g: np.ndarray,
-    w: np.ndarray,
-    weights: WeightSpectra,
-    *,
-    input_grad: bool = True,
-    weight_grad: bool = True,
-    routes: dict[Pass, Route] | None = None,
-    pool: _fft.SpectrumPool | None = None,
-) -> tuple[np.ndarray | None, np.ndarray | None]:
-    """Input and weight gradients of the forward pass that made ``res``, under the limit it ran
-    under, from what it kept (``routes``: the gradients' routes, default the plan's)."""
-    spec = res.spec
-    routes = routes or {p: res.plan.choice(p).route for p in Pass}
-    fft_dx = input_grad and routes[Pass.INPUT_GRAD] == _FFT
-    fft_dw = weight_grad and routes[Pass.WEIGHT_GRAD] == _FFT and res.xf is not None
-    if weight_grad and not fft_dw and res.x is None:
-        raise RuntimeError("backward: the forward pass kept nothing for a weight gradient")
-    dx = dw = None
-    with call_settings(res.limit) as call:
-        if fft_dx or fft_dw:
-            lay = _fft.layout(spec)
-            snapshot = res.snapshot if res.snapshot is not None else weights.refresh(w)
-            wf = weights.get(lay, snapshot) if fft_dx else None
-            if spec.is_depthwise:
-                dx, dw = _fdw.backward(
-                    lay, g, wf, xf=res.xf if fft_dw else None, need_dx=fft_dx, need_dw=fft_dw
-                )
-            else:
-                memory = workspace(_FFT, spec, Pass.INPUT_GRAD, call.threads)
-                n = _chunk(memory, spec, _FFT, Pass.INPUT_GRAD, call)
-                if n >= spec.batch:  # one transform of grad_output serves both gradients
-                    gf = _fft.grad_spectrum(lay, g, pool)
-                    if fft_dx:
-                        dx = _fft.input_grad_from_spectra(lay, gf, wf, pool)
-                    if fft_dw:
-                        dwf = _fft.weight_grad_spectrum(lay, res.xf, gf, pool=pool)
-                        dw = _fft.weight_grad_from_spectra(lay, dwf, pool)
-                    if pool is not None:
-                        pool.give_spectrum(gf)
-                else:
-                    if fft_dx:
-                        dx = _fft_chunked(spec, Pass.INPUT_GRAD, w, g, None, n, wf, pool)
-                    if fft_dw:  # the kept spectrum covers the batch: only Gf is chunked
-                        dwf = None
-                        chunks = _fft.SpectrumPool()
-                        c = spec.in_channels
-                        for n0 in range(0, spec.batch, n):
-                            xf_part = res.xf[..., n0 * c : (n0 + n) * c]
-                            gf = _fft.grad_spectrum(lay, g[n0 : n0 + n], chunks)
-                            dwf = _fft.weight_grad_spectrum(lay, xf_part, gf, dwf)
-                            chunks.give_spectrum(gf)
-                        dw = _fft.weight_grad_from_spectra(lay, dwf)
-        if input_grad and dx is None:
-            dx = run_pass(routes[Pass.INPUT_GRAD], spec, Pass.INPUT_GRAD, w, g)
-        if weight_grad and dw is None:
-            dw = run_pass(routes[Pass.WEIGHT_GRAD], spec, Pass.WEIGHT_GRAD, res.x, g)
-    return dx, dw

@@ -32,7 +32,7 @@ import pyfftw
 
 from fftbp._config import get_num_threads, parallel_tasks, timed
 from fftbp.fft.plans import aligned, count_maps, execute, owned_plan
-from fftbp.kernels.fft import FFTLayout, Index, _axis_index, place_maps, read_maps
+from fftbp.kernels.layout import FFTLayout, Index, axis_index, place_maps, read_maps
 
 __all__ = ["backward", "forward", "weight_spectrum"]
 
@@ -46,12 +46,12 @@ def _x_place(lay: FFTLayout) -> tuple[slice, ...]:
 
 def _y_index(lay: FFTLayout) -> tuple[Index, ...]:
     s = lay.spec
-    return tuple(_axis_index(0, o, st, m) for o, st, m in zip(s.out_size, s.stride, lay.shape))
+    return tuple(axis_index(0, o, st, m) for o, st, m in zip(s.out_size, s.stride, lay.shape))
 
 
 def _w_index(lay: FFTLayout) -> tuple[Index, ...]:
     s = lay.spec
-    return tuple(_axis_index(0, k, d, m) for k, d, m in zip(s.kernel, s.dilation, lay.shape))
+    return tuple(axis_index(0, k, d, m) for k, d, m in zip(s.kernel, s.dilation, lay.shape))
 
 
 def _chunk(lay: FFTLayout, channels: int, maps_per_channel: int, parts: int = 1) -> int:

@@ -11,6 +11,9 @@ on ``<file>.lock`` (``fcntl.flock``; no lock where ``fcntl`` is unavailable) whi
 file, merges its decisions and FFTW wisdom with this process's, and replaces it.
 
 Default location: ``$FFTBP_CACHE_DIR``, else ``$XDG_CACHE_HOME/fftbp``, else ``~/.cache/fftbp``.
+
+What a document holds and how decisions, keys and constants are checked is
+:mod:`fftbp.planning.schema`; its public names are re-exported here.
 """
 
 from __future__ import annotations
@@ -20,19 +23,27 @@ import contextlib
 import errno
 import hashlib
 import json
-import math
 import os
 import platform
 import tempfile
 import threading
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import numpy as np
 import pyfftw
+
+from fftbp.planning.schema import (
+    CONSTANT_RANGE,
+    FORMAT,
+    VERSION,
+    constants_problem,
+    decision_key,
+    valid_decision,
+)
 
 _fcntl: ModuleType | None
 try:
@@ -41,6 +52,9 @@ except ImportError:  # Windows: no advisory locks, saves are merged but not seri
     _fcntl = None
 
 __all__ = [
+    "CONSTANT_RANGE",
+    "FORMAT",
+    "VERSION",
     "cache_dir",
     "cpu_model",
     "decision_key",
@@ -52,28 +66,15 @@ __all__ = [
     "valid_decision",
 ]
 
-FORMAT = "fftbp-wisdom"
-#: schema version of the files and of :func:`decision_key`; files of another version are ignored
-VERSION = 2
-
 _lock = threading.Lock()
 _load_lock = threading.Lock()
 #: decision key -> {pass name: {"route", "seconds", "bytes", "runner_up", "error"}}
 _decisions: dict[str, dict[str, Any]] = {}
 _loaded_default = False
 
-_PASSES = frozenset({"forward", "input_grad", "weight_grad"})
-_PASS_FIELDS = frozenset({"route", "seconds", "bytes", "runner_up", "error"})
-_ROUTE_FIELDS = frozenset({"base", "prep", "tile", "precision"})
-_BASES = ("fft", "direct", "torch")
-_PREPS = ("", "polyphase", "dilation")
-_PRECISIONS = ("", "float64")
-_MAX_TILE = 2**31
-#: calibrated constants outside this range are corrupt (denormals, zeros, overflows)
-CONSTANT_RANGE = (1e-15, 1e15)
-
 
 def cache_dir() -> Path:
+    """Where wisdom and constants live by default (see the module docstring)."""
     env = os.environ.get("FFTBP_CACHE_DIR")
     if env:
         return Path(env)
@@ -99,6 +100,7 @@ def machine_fingerprint() -> str:
 
 
 def _atomic_write(path: Path, text: str) -> None:
+    """Replace ``path`` by ``text`` at once, via a temporary file in the same directory."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
     try:
@@ -196,154 +198,13 @@ def _read(path: Path, what: str, stacklevel: int = 3) -> dict[str, Any] | None:
 
 
 # -- decisions + FFTW wisdom ------------------------------------------------------------------
-def _finite(x: object) -> bool:
-    """``x`` is a finite int or float (not a bool)."""
-    if isinstance(x, bool) or not isinstance(x, (int, float)):
-        return False
-    try:
-        return math.isfinite(x)
-    except OverflowError:  # an int beyond float range
-        return False
-
-
-def _tile_size(t: object) -> bool:
-    return isinstance(t, int) and not isinstance(t, bool) and 0 < t <= _MAX_TILE
-
-
-def _valid_route(route: object) -> bool:
-    if not isinstance(route, dict) or set(route) != _ROUTE_FIELDS:
-        return False
-    tile = route["tile"]
-    if tile is not None and not (
-        isinstance(tile, (list, tuple)) and 1 <= len(tile) <= 3 and all(map(_tile_size, tile))
-    ):
-        return False
-    return (
-        isinstance(route["base"], str)
-        and route["base"] in _BASES
-        and isinstance(route["prep"], str)
-        and route["prep"] in _PREPS
-        and isinstance(route["precision"], str)
-        and route["precision"] in _PRECISIONS
-    )
-
-
-def _valid_pass(entry: object) -> bool:
-    if not isinstance(entry, dict) or set(entry) != _PASS_FIELDS:
-        return False
-    seconds, nbytes, runner, error = (entry[k] for k in ("seconds", "bytes", "runner_up", "error"))
-    return (
-        _valid_route(entry["route"])
-        and _finite(seconds)
-        and seconds >= 0
-        and isinstance(nbytes, int)
-        and not isinstance(nbytes, bool)
-        and nbytes >= 0
-        and (
-            runner is None
-            or (
-                isinstance(runner, (list, tuple))
-                and len(runner) == 2
-                and _valid_route(runner[0])
-                and _finite(runner[1])
-            )
-        )
-        and (error is None or _finite(error))
-    )
-
-
-def valid_decision(value: object) -> bool:
-    """Whether ``value`` is a well-formed measured decision (the structure only).
-
-    A decision maps exactly the passes ``"forward"``, ``"input_grad"`` and ``"weight_grad"``
-    each to a dict of exactly:
-
-    - ``"route"``: a dict of exactly ``"base"`` (``"fft"``, ``"direct"`` or ``"torch"``),
-      ``"prep"`` (``""``, ``"polyphase"`` or ``"dilation"``), ``"tile"`` (None or a list of
-      1 to 3 ints in ``1..2**31``) and ``"precision"`` (``""`` or ``"float64"``);
-    - ``"seconds"``: a finite number >= 0;
-    - ``"bytes"``: an int >= 0;
-    - ``"runner_up"``: None or ``[route, seconds]`` with a route as above and a finite number;
-    - ``"error"``: None or a finite number.
-
-    Whether a tile's rank matches the layer is for the caller to check.
-
-    Parameters
-    ----------
-    value
-        Anything, typically one entry of a wisdom file's ``"decisions"``.
-
-    Returns
-    -------
-    bool
-        True if ``value`` has the structure above. Never raises.
-    """
-    return (
-        isinstance(value, dict)
-        and set(value) == _PASSES
-        and all(_valid_pass(entry) for entry in value.values())
-    )
-
-
-def _check_key_field(value: object, where: str) -> None:
-    """``TypeError`` unless ``value`` is a JSON scalar or a (nested) list/tuple of them."""
-    if value is None or isinstance(value, (str, bool, int)):
-        return
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            raise ValueError(f"decision_key: {where} is {value!r}; numbers must be finite")
-        return
-    if isinstance(value, (list, tuple)):
-        for i, item in enumerate(value):
-            _check_key_field(item, f"{where}[{i}]")
-        return
-    raise TypeError(
-        f"decision_key: {where} is {value!r} of type {type(value).__name__}; fields may hold "
-        "only str, int, float, bool, None and lists/tuples of them (pass a numpy dtype as its "
-        "name, a numpy number as int or float)"
-    )
-
-
-def decision_key(fields: Mapping[str, Any]) -> str:
-    """The canonical key under which a measured decision is stored.
-
-    ``json.dumps({"schema": VERSION, **fields})`` with sorted keys and no spaces, so the same
-    fields give the same key whatever their order, and a tuple the same key as a list.
-
-    Parameters
-    ----------
-    fields
-        What the decision depends on, by name. Values: str, int, float (finite), bool, None, or
-        lists/tuples of these, nested to any depth. ``"schema"`` is reserved.
-
-    Returns
-    -------
-    str
-        The key, one line of JSON.
-
-    Raises
-    ------
-    TypeError
-        If a name is not a str or a value is of another type (e.g. a numpy dtype or integer).
-    ValueError
-        If a field is named ``"schema"`` or a float is not finite.
-    """
-    for name, value in fields.items():
-        if not isinstance(name, str):
-            raise TypeError(f"decision_key: field name {name!r} is not a str")
-        if name == "schema":
-            raise ValueError("decision_key: the field name 'schema' is reserved (the version)")
-        _check_key_field(value, f"field {name!r}")
-    return json.dumps(
-        {"schema": VERSION, **fields}, sort_keys=True, separators=(",", ":"), allow_nan=False
-    )
-
-
 def default_wisdom_path() -> Path:
+    """``wisdom.json`` in :func:`cache_dir`."""
     return cache_dir() / "wisdom.json"
 
 
 def get_decision(key: str) -> dict[str, Any] | None:
+    """The decision stored under ``key`` (loading the default file first), or None."""
     _ensure_default_loaded()
     with _lock:
         return _decisions.get(key)
@@ -380,6 +241,7 @@ def put_decision(key: str, value: dict[str, Any]) -> None:
 
 
 def _ensure_default_loaded() -> None:
+    """Load the default wisdom file once per process, if there is one."""
     global _loaded_default
     if _loaded_default:
         return
@@ -496,10 +358,25 @@ def load_wisdom(path: str | os.PathLike[str] | None = None, *, _missing_ok: bool
 
 # -- calibrated constants ----------------------------------------------------------------------
 def constants_path() -> Path:
+    """``constants.json`` in :func:`cache_dir`."""
     return cache_dir() / "constants.json"
 
 
 def save_constants(values: dict[str, float], path: str | os.PathLike[str] | None = None) -> Path:
+    """Write calibrated constants for this machine to ``path``, atomically.
+
+    Parameters
+    ----------
+    values
+        The constants by name (see :func:`~fftbp.planning.schema.constants_problem`).
+    path
+        Where to write; default ``constants.json`` in :func:`cache_dir`.
+
+    Returns
+    -------
+    Path
+        The path written.
+    """
     target = Path(path) if path is not None else constants_path()
     doc = {
         "format": FORMAT,
@@ -509,21 +386,6 @@ def save_constants(values: dict[str, float], path: str | os.PathLike[str] | None
     }
     _atomic_write(target, json.dumps(doc, indent=1, sort_keys=True))
     return target
-
-
-def _constants_problem(values: object) -> str | None:
-    """What is wrong with a constants object, or None if nothing is."""
-    if not isinstance(values, dict):
-        return f"'constants' is {type(values).__name__}, not an object"
-    low, high = CONSTANT_RANGE
-    for name, value in values.items():
-        if not isinstance(name, str):
-            return f"constant name {name!r} is not a string"
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            return f"{name} is {value!r}, not a number"
-        if not (_finite(value) and low <= value <= high):
-            return f"{name} is {value!r}; a constant must be finite and in [{low:g}, {high:g}]"
-    return None
 
 
 def load_constants(path: str | os.PathLike[str] | None = None) -> dict[str, float] | None:
@@ -546,7 +408,7 @@ def load_constants(path: str | os.PathLike[str] | None = None) -> dict[str, floa
     if doc is None:
         return None
     values = doc.get("constants")
-    problem = _constants_problem(values)
+    problem = constants_problem(values)
     if problem is not None:
         warnings.warn(
             f"fftbp: ignoring malformed constants file {target}: {problem} (run `fftbp "

@@ -1,0 +1,223 @@
+"""A training step through the engine: forward keeps what backward needs, spectra are shared.
+
+State between the passes of a step is a :class:`Residuals` value that :func:`forward_train`
+returns and :func:`backward_train` consumes; the only state a layer keeps between steps is the
+weight's spectrum, a pure function of the weight (:class:`WeightSpectra`), and a pool of
+buffers lent to one call at a time (:class:`~fftbp.kernels.layout.SpectrumPool`).
+Every pass that does not share spectra runs through :func:`fftbp.engine.executor.run_pass`.
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyfftw
+
+from fftbp._config import call_settings
+from fftbp._params import ConvSpec, Pass
+from fftbp.engine.executor import chunk_within, fft_chunked, run_pass
+from fftbp.kernels import fft as _fft
+from fftbp.kernels import fft_depthwise as _fdw
+from fftbp.planning.decision import Plan
+from fftbp.planning.routes import Route
+from fftbp.planning.workspace import workspace
+
+__all__ = ["Residuals", "WeightSpectra", "backward_train", "forward_train"]
+
+_FFT = Route("fft")
+
+
+@dataclass(frozen=True)
+class _WeightState:
+    """A snapshot of the weight and the spectra made from it (layout key -> Wf)."""
+
+    snapshot: np.ndarray
+    spectra: dict[tuple[Any, ...], np.ndarray]
+
+
+class WeightSpectra:
+    """The weight's spectra of one layer, made once per weight value (thread-safe).
+
+    A spectrum is a pure function of the weight: :meth:`refresh` compares the weight with the
+    snapshot the spectra were made from, and starts over when it changed (``w -= lr * dw``
+    in place included). Two threads may compute the same spectrum at once; both are right.
+    """
+
+    def __init__(self) -> None:
+        self._state: _WeightState | None = None
+        self._lock = threading.Lock()
+
+    def refresh(self, w: np.ndarray) -> np.ndarray:
+        """The current snapshot of ``w`` (a new one if ``w`` changed since the last)."""
+        state = self._state
+        if state is not None and np.array_equal(w, state.snapshot):
+            return state.snapshot
+        new = _WeightState(np.array(w, copy=True), {})
+        new.snapshot.flags.writeable = False
+        with self._lock:
+            self._state = new
+        return new.snapshot
+
+    def changed_since(self, w: np.ndarray, snapshot: np.ndarray | None) -> bool:
+        return snapshot is None or not np.array_equal(w, snapshot)
+
+    def get(self, lay: _fft.FFTLayout, snapshot: np.ndarray) -> np.ndarray:
+        """Wf of ``snapshot`` for ``lay`` (computed on first use)."""
+        state = self._state
+        if state is None or state.snapshot is not snapshot:
+            state = _WeightState(snapshot, {})  # an older snapshot: compute, do not keep
+        depthwise = lay.spec.is_depthwise
+        key = (lay.shape, lay.spec.kernel, lay.spec.dilation, lay.spec.groups, depthwise)
+        wf = state.spectra.get(key)
+        if wf is None:
+            make = _fdw.weight_spectrum if depthwise else _fft.weight_spectrum
+            wf = make(lay, snapshot)
+            wf.flags.writeable = False
+            with self._lock:
+                state.spectra[key] = wf
+        return wf
+
+
+@dataclass(frozen=True)
+class Residuals:
+    """What a forward pass keeps for its backward pass: the layer, the plan and the limit it
+    ran under, the weight snapshot it used, and ``x`` or its spectrum ``xf``."""
+
+    spec: ConvSpec
+    plan: Plan
+    limit: int
+    snapshot: np.ndarray | None
+    x: np.ndarray | None
+    xf: np.ndarray | None
+
+
+def _keep_pool(res: Residuals, pool: _fft.SpectrumPool | None, buf: np.ndarray | None) -> None:
+    """Give ``buf`` back to ``pool`` when ``res`` is garbage (nobody can reach it then)."""
+    if pool is not None and buf is not None:
+        give = pool.give if res.spec.is_depthwise else pool.give_spectrum
+        weakref.finalize(res, give, buf)
+
+
+def forward_train(
+    plan: Plan,
+    spec: ConvSpec,
+    x: np.ndarray,
+    w: np.ndarray,
+    bias: np.ndarray | None,
+    weights: WeightSpectra,
+    *,
+    weight_grad: bool = True,
+    keep_x: bool = False,
+    copy_x: bool = True,
+    snapshot: bool = False,
+    pool: _fft.SpectrumPool | None = None,
+) -> tuple[np.ndarray, Residuals]:
+    """The forward pass of a training step and what its backward pass needs.
+
+    By whole-map FFT the input's spectrum is kept for the weight gradient when that is by
+    whole-map FFT too and the whole batch fits the limit; otherwise ``x`` is kept (copied
+    unless ``copy_x=False``: the caller guarantees it stays unchanged, as torch's saved
+    tensors do). ``weight_grad=False`` keeps nothing for a weight gradient; ``keep_x=True``
+    keeps ``x`` in any case (``tol=`` re-plans the gradients on grad_output's range);
+    ``snapshot=True`` takes a weight snapshot whatever the route (for a later in-place check).
+    """
+    routes = {p: plan.choice(p).route for p in Pass}
+    with call_settings(plan.memory_limit) as call:
+        snap = weights.refresh(w) if snapshot else None
+        xf = None
+        if routes[Pass.FORWARD] == _FFT:
+            snap = weights.refresh(w) if snap is None else snap
+            lay = _fft.layout(spec)
+            wf = weights.get(lay, snap)
+            want_xf = weight_grad and routes[Pass.WEIGHT_GRAD] == _FFT
+            memory = workspace(_FFT, spec, Pass.FORWARD, call.threads, keep_x=want_xf)
+            n = chunk_within(memory, spec, _FFT, Pass.FORWARD, call)
+            if want_xf and n < spec.batch:  # keeping Xf does not fit: keep x instead
+                memory = workspace(_FFT, spec, Pass.FORWARD, call.threads)
+                n, want_xf = chunk_within(memory, spec, _FFT, Pass.FORWARD, call), False
+            if spec.is_depthwise:
+                xf_out = None
+                if want_xf:
+                    shape = (spec.batch * spec.in_channels, *lay.half_shape)
+                    dtype = lay.complex_dtype
+                    make = lambda: pyfftw.empty_aligned(shape, dtype=dtype, n=64)  # noqa: E731
+                    xf_out = pool.take(shape, dtype, make) if pool is not None else make()
+                y, xf = _fdw.forward(lay, x, wf, bias, keep_xf=want_xf, xf_out=xf_out)
+            elif want_xf:
+                xf = _fft.input_spectrum(lay, x, pool)
+                y = _fft.forward_from_spectra(lay, xf, wf, bias, pool)
+            else:
+                y = fft_chunked(spec, Pass.FORWARD, x, wf, bias, n, wf, pool)
+        else:
+            y = run_pass(routes[Pass.FORWARD], spec, Pass.FORWARD, x, w, bias)
+        kept_x = None
+        if weight_grad and (xf is None or keep_x):
+            kept_x = np.array(x, copy=True) if copy_x else x
+        res = Residuals(spec, plan, call.limit, snap, kept_x, xf)
+    _keep_pool(res, pool, xf)
+    return y, res
+
+
+def backward_train(
+    res: Residuals,
+    g: np.ndarray,
+    w: np.ndarray,
+    weights: WeightSpectra,
+    *,
+    input_grad: bool = True,
+    weight_grad: bool = True,
+    routes: dict[Pass, Route] | None = None,
+    pool: _fft.SpectrumPool | None = None,
+) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """Input and weight gradients of the forward pass that made ``res``, under the limit it ran
+    under, from what it kept (``routes``: the gradients' routes, default the plan's)."""
+    spec = res.spec
+    routes = routes or {p: res.plan.choice(p).route for p in Pass}
+    fft_dx = input_grad and routes[Pass.INPUT_GRAD] == _FFT
+    fft_dw = weight_grad and routes[Pass.WEIGHT_GRAD] == _FFT and res.xf is not None
+    if weight_grad and not fft_dw and res.x is None:
+        raise RuntimeError("backward: the forward pass kept nothing for a weight gradient")
+    dx = dw = None
+    with call_settings(res.limit) as call:
+        if fft_dx or fft_dw:
+            lay = _fft.layout(spec)
+            snapshot = res.snapshot if res.snapshot is not None else weights.refresh(w)
+            wf = weights.get(lay, snapshot) if fft_dx else None
+            if spec.is_depthwise:
+                dx, dw = _fdw.backward(
+                    lay, g, wf, xf=res.xf if fft_dw else None, need_dx=fft_dx, need_dw=fft_dw
+                )
+            else:
+                memory = workspace(_FFT, spec, Pass.INPUT_GRAD, call.threads)
+                n = chunk_within(memory, spec, _FFT, Pass.INPUT_GRAD, call)
+                if n >= spec.batch:  # one transform of grad_output serves both gradients
+                    gf = _fft.grad_spectrum(lay, g, pool)
+                    if fft_dx:
+                        dx = _fft.input_grad_from_spectra(lay, gf, wf, pool)
+                    if fft_dw:
+                        dwf = _fft.weight_grad_spectrum(lay, res.xf, gf, pool=pool)
+                        dw = _fft.weight_grad_from_spectra(lay, dwf, pool)
+                    if pool is not None:
+                        pool.give_spectrum(gf)
+                else:
+                    if fft_dx:
+                        dx = fft_chunked(spec, Pass.INPUT_GRAD, w, g, None, n, wf, pool)
+                    if fft_dw:  # the kept spectrum covers the batch: only Gf is chunked
+                        dwf = None
+                        chunks = _fft.SpectrumPool()
+                        c = spec.in_channels
+                        for n0 in range(0, spec.batch, n):
+                            xf_part = res.xf[..., n0 * c : (n0 + n) * c]
+                            gf = _fft.grad_spectrum(lay, g[n0 : n0 + n], chunks)
+                            dwf = _fft.weight_grad_spectrum(lay, xf_part, gf, dwf)
+                            chunks.give_spectrum(gf)
+                        dw = _fft.weight_grad_from_spectra(lay, dwf)
+        if input_grad and dx is None:
+            dx = run_pass(routes[Pass.INPUT_GRAD], spec, Pass.INPUT_GRAD, w, g)
+        if weight_grad and dw is None:
+            dw = run_pass(routes[Pass.WEIGHT_GRAD], spec, Pass.WEIGHT_GRAD, res.x, g)
+    return dx, dw
