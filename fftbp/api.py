@@ -29,10 +29,10 @@ from fftbp._params import (
     normalize_float_array,
     shape_arg,
 )
+from fftbp.engine import SpectrumPool
 from fftbp.engine.executor import has_base, run_pass
 from fftbp.engine.measure import measured_plan
 from fftbp.engine.training import Residuals, WeightSpectra, backward_train, forward_train
-from fftbp.kernels.fft import SpectrumPool
 from fftbp.planning.decision import Plan
 from fftbp.planning.errors import DataRange
 from fftbp.planning.planner import Ask, plan_for_spec, resolve

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import itertools
 
-import numpy as np
-
 from fftbp._params import ConvSpec
 
 SIZES = {1: (11,), 2: (9, 8), 3: (6, 5, 7)}
@@ -56,7 +54,3 @@ def make_case(nd, stride, pad, dil, grouping, dtype, rng, batch=2):
     spec = ConvSpec.from_shapes(x.shape, w.shape, dtype=dtype, **kw)
     g = rng.standard_normal(spec.output_shape).astype(dtype)
     return x, w, b, g, kw
-
-
-def tol(dtype) -> float:
-    return {np.dtype(np.float32): 1e-5, np.dtype(np.float64): 1e-11}[np.dtype(dtype)]

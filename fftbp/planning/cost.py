@@ -51,10 +51,13 @@ class Constants:
     #: fixed cost per pass (Python, thread hand-off), seconds
     call_s: float = 0.056e-3
     #: cost per extra batch entry a reduction creates (each tile is one): per-sample tasks and
-    #: small transforms; fitted to tiled 3x3 layers (1568, 512, 288 tiles: 27-36 us each)
+    #: small transforms; fitted to tiled 3x3 layers (1568, 512, 288 tiles: 27-36 us each).
+    #: Not measured by ``fftbp calibrate``: the shipped value is used on every machine
+    #: (this one and ``map_s`` are the fitted constants, see docs/planner.md)
     tile_s: float = 30e-6
     #: fixed cost per transformed map (placement, hand-off, FFTW call): it makes many small
-    #: transforms dearer than their points say (polyphase phases, 3D tiles)
+    #: transforms dearer than their points say (polyphase phases, 3D tiles). Fitted by hand on
+    #: the planner benchmark (benchmarks/results/planner.md), not measured by ``fftbp calibrate``
     map_s: float = 1.0e-6
     # PyTorch's native CPU convolution (torch 2.13.0+cpu, oneDNN; 2026-11-26, measured on
     # ResNet-18 and depthwise 3..51 layers, see docs/torch.md). Only fftbp.torch plans with it.

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 import fftbp
-from fftbp._params import ConvSpec
+from fftbp._params import PASSES, ConvSpec
 from fftbp.fft.sizes import transform_shape
 from fftbp.planning.candidates import candidate_routes
 from fftbp.planning.errors import route_error
@@ -41,7 +41,6 @@ from fftbp.testing import reference_passes
 
 __all__ = ["C_MODEL", "DISTRIBUTIONS", "Study", "bound", "run", "write"]
 
-PASSES = ("forward", "input_grad", "weight_grad")
 #: constant of the error model (see the module docstring)
 C_MODEL = 1.0
 DISTRIBUTIONS = ("uniform", "normal", "heavy_tailed", "dynamic_range")

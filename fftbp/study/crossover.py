@@ -24,11 +24,9 @@ import numpy as np
 
 import fftbp
 from fftbp._config import best_of_rounds
-from fftbp._params import ConvSpec
+from fftbp._params import PASSES, ConvSpec
 
 __all__ = ["Sweep", "crossovers", "run", "write"]
-
-PASSES = ("forward", "input_grad", "weight_grad")
 
 
 @dataclass

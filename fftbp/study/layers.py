@@ -23,6 +23,7 @@ import numpy as np
 
 import fftbp
 from fftbp._config import median_time
+from fftbp._params import PASSES
 
 __all__ = ["LAYERS", "fftbp_step", "run", "sample", "torch_step", "write"]
 
@@ -134,10 +135,7 @@ def run(
                 fftbp_ms=med["fftbp"] * 1e3,
                 torch_ms=med["torch"] * 1e3 if "torch" in med else None,
                 torch_over_fftbp=ratio,
-                routes={
-                    p: spec_plan.choice(p).route.label()
-                    for p in ("forward", "input_grad", "weight_grad")
-                },
+                routes={p: spec_plan.choice(p).route.label() for p in PASSES},
                 samples={m: len(v) for m, v in times.items()},
             )
         )

@@ -28,8 +28,7 @@ from torch.autograd.function import once_differentiable
 
 from fftbp._params import PASSES, ConvSpec, check_method
 from fftbp.api import Conv, Method
-from fftbp.engine import Residuals
-from fftbp.kernels.fft import SpectrumPool
+from fftbp.engine import Residuals, SpectrumPool
 from fftbp.planning.decision import Plan
 from fftbp.planning.planner import plan_for_spec
 
