@@ -334,3 +334,35 @@ def test_plausible_constants_are_accepted(tmp_path, raw):
 def test_constants_round_trip(tmp_path):
     path = store.save_constants({"call_s": 1e-5, "copy_bytes": 5e10}, tmp_path / "c.json")
     assert store.load_constants(path) == {"call_s": 1e-5, "copy_bytes": 5e10}
+
+
+def test_stored_decision_that_does_not_fit_the_layer_is_measured_again(tmp_path, monkeypatch):
+    """A stored tile of the wrong rank, or larger than the output, passes the structural check
+    but does not fit the layer: measure mode times the layer again instead of failing later."""
+    import numpy as np
+
+    import fftbp
+    from fftbp._params import ConvSpec
+    from fftbp.planning.planner import Ask
+    from fftbp.testing import reference_conv, relative_error
+
+    monkeypatch.setenv("FFTBP_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(store, "_decisions", {})
+    monkeypatch.setattr(store, "_loaded_default", False)
+    shape, wshape = (2, 3, 24, 24), (4, 3, 7, 7)
+    spec = ConvSpec.from_shapes(shape, wshape, padding=3)
+    key = store.decision_key(Ask.make().fields(spec))
+    for tile in ([5], [500, 500]):  # wrong rank; absurdly large for 24x24 outputs
+        route = {"base": "fft", "prep": "", "tile": tile, "precision": ""}
+        entry = {"route": route, "seconds": 1e-3, "bytes": 1, "runner_up": None, "error": None}
+        store.put_decision(key, {p: dict(entry) for p in ("forward", "input_grad", "weight_grad")})
+        assert store.get_decision(key)["forward"]["route"]["tile"] == tile
+        p = fftbp.plan(shape, wshape, padding=3, mode="measure")
+        assert p.forward_choice.route.tile != tuple(tile)
+        x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+        w = np.random.default_rng(1).standard_normal(wshape).astype(np.float32)
+        assert (
+            relative_error(fftbp.conv(x, w, padding=3, method=p), reference_conv(x, w, padding=3))
+            < 1e-5
+        )
+        fftbp.planning.planner._cache.clear()
