@@ -32,8 +32,14 @@ from fftbp._params import (
 from fftbp.engine import SpectrumPool
 from fftbp.engine.executor import has_base, run_pass
 from fftbp.engine.measure import measured_plan
-from fftbp.engine.training import Residuals, WeightSpectra, backward_train, forward_train
-from fftbp.planning.decision import Plan
+from fftbp.engine.training import (
+    Residuals,
+    WeightSpectra,
+    backward_train,
+    forward_train,
+    same_weight,
+)
+from fftbp.planning.decision import Plan, describe_spec
 from fftbp.planning.errors import DataRange
 from fftbp.planning.planner import Ask, plan_for_spec, resolve
 from fftbp.planning.tolerance import check_accuracy, data_ranges
@@ -93,11 +99,12 @@ def conv(
     -------
     ndarray of shape ``(N, F, *out)`` and the input's dtype.
 
-    Raises
-    ------
-    MemoryError
-        When one sample's workspace exceeds the workspace limit (:func:`fftbp.set_workspace_limit`,
-        or the plan's ``memory_limit``); larger batches are computed in chunks within it.
+    Notes
+    -----
+    The workspace stays within the workspace limit (:func:`fftbp.set_workspace_limit`, or the
+    plan's ``memory_limit``): the batch is computed in chunks. When one sample alone needs
+    more, a :class:`fftbp.WorkspaceWarning` says so and the pass runs with the least workspace
+    its route allows; ``MemoryError`` when that exceeds the machine's memory.
     """
     x = normalize_float_array("input", input)
     w = normalize_float_array("weight", weight)
@@ -385,7 +392,15 @@ class Conv:
             raise RuntimeError("backward: call forward() first; there is no saved forward pass")
         g = _check_grad(grad_output, res.spec)
         check_same_dtype(weight=self._weight, grad_output=g)
-        if res.snapshot is not None and not np.array_equal(self._weight, res.snapshot):
+        geo = self.geometry
+        s = res.spec
+        mine = (geo.weight_shape, geo.stride, geo.padding, geo.dilation, geo.groups)
+        if (s.weight_shape, s.stride, s.padding, s.dilation, s.groups) != mine:
+            raise ValueError(
+                f"residuals: made by a forward pass of another layer ({describe_spec(s)}); "
+                "pass the residuals of this layer's forward_step"
+            )
+        if res.snapshot is not None and not same_weight(self._weight, res.snapshot):
             raise RuntimeError(
                 "backward: the weight array was modified in place after forward(); "
                 "the gradients of that forward pass are no longer defined; "
@@ -415,7 +430,6 @@ class Conv:
         return backward_train(
             res,
             g,
-            self._weight,  # equal to the snapshot forward used (backward checked it)
             self._weights,
             input_grad=input_grad,
             weight_grad=weight_grad,

@@ -308,3 +308,38 @@ def test_geometry_is_normalised_once():
 def test_plans_are_data():
     p = fftbp.plan((2, 3, 16, 16), (4, 3, 5, 5), padding=2)
     assert not any(hasattr(p, name) for name in ("run", "forward", "input_grad", "weight_grad"))
+
+
+def test_a_copy_of_residuals_keeps_its_spectrum(rng):
+    """The kept spectrum goes back to the layer's pool only when the array itself is garbage:
+    a copy of the residuals still reads it after the original is gone."""
+    import copy
+
+    w = rng.standard_normal((4, 3, 5, 5))
+    layer = fftbp.Conv(w, padding=2, method="fft")
+    x, g = rng.standard_normal((2, 3, 16, 16)), rng.standard_normal((2, 4, 16, 16))
+    _, res = layer.forward_step(x)
+    assert res.xf is not None
+    kept = copy.copy(res)
+    del res
+    layer.forward_step(rng.standard_normal((2, 3, 16, 16)))  # would reuse a returned buffer
+    grads = layer.backward(g, residuals=kept)
+    assert relative_error(grads.weight, reference_weight_grad(x, w.shape, g, padding=2)) < 1e-12
+
+
+@pytest.mark.parametrize("method", ["fft", "direct"])
+def test_nan_in_the_weight_gives_nan_gradients_not_an_error(method, rng):
+    w = rng.standard_normal((4, 3, 5, 5))
+    w[0, 0, 0, 0] = np.nan
+    layer = fftbp.Conv(w, padding=2, method=method)
+    layer.forward(rng.standard_normal((2, 3, 16, 16)))
+    grads = layer.backward(rng.standard_normal((2, 4, 16, 16)))
+    assert np.isnan(grads.input).any()
+
+
+def test_residuals_of_another_layer_are_refused(rng):
+    a = fftbp.Conv(rng.standard_normal((4, 3, 5, 5)), padding=2)
+    b = fftbp.Conv(rng.standard_normal((4, 3, 5, 5)), padding=0)
+    _, res = a.forward_step(rng.standard_normal((2, 3, 16, 16)))
+    with pytest.raises(ValueError, match=r"residuals: made by a forward pass of another layer"):
+        b.backward(rng.standard_normal((2, 4, 16, 16)), residuals=res)

@@ -131,6 +131,26 @@ def test_plan_cache_is_bounded(rng, monkeypatch):
         assert plan_cache_info()["size"] <= 8
 
 
+def test_plan_pool_evicts_while_plans_are_lent(monkeypatch):
+    """Eviction with a key whose only plan is lent out (its free list empty) used to raise
+    IndexError inside an unrelated call once the pool was full."""
+    from fftbp.fft import plans
+
+    monkeypatch.setattr(plans, "MAX_PLANS", 2)
+    plans.clear_plan_cache()
+
+    def build():
+        return plans._build_owned(True, 1, (8,), np.dtype(np.float64), "FFTW_ESTIMATE")
+
+    with plans.checkout(("a",), build):
+        pass  # "a" has one free plan
+    with plans.checkout(("a",), build):  # lent again: no free plan of "a" left
+        for key in ("b", "c", "d"):  # fill the pool past its bound: "a" is the oldest key
+            with plans.checkout((key,), build):
+                pass
+    assert plan_cache_info()["size"] <= 2
+
+
 def test_measure_effort_gives_the_same_result(rng):
     x = rng.standard_normal((2, 3, 16, 16)).astype(np.float32)
     w = rng.standard_normal((2, 3, 5, 5)).astype(np.float32)

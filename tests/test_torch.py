@@ -246,6 +246,7 @@ TILED_SIZES = {1: (40,), 2: (24, 22), 3: (16, 15, 16)}  # several tiles per axis
 
 
 def _gradcheck(module, x, **kw):
+    """gradcheck of the module's autograd function."""
     w = module.weight.detach().clone().requires_grad_()
     b = None if module.bias is None else module.bias.detach().clone().requires_grad_()
     args = (x.detach().requires_grad_(), w) + ((b,) if b is not None else ())
@@ -545,3 +546,24 @@ def test_plan_with_native_candidate_explains_itself():
     assert "torch" in str(small) and "fft" in str(large)
     with pytest.raises(ValueError, match="native: expected True or False, got 'yes'"):
         fftbp.plan((1, 1, 8, 8), (1, 1, 3, 3), native="yes")
+
+
+@pytest.mark.parametrize("method", ["direct", "fft"])
+def test_two_weights_in_one_graph(method):
+    """functional_call with two weights, one backward: each input gradient uses the weight its
+    own forward ran with (the layer's engine was bound to the second one by then)."""
+    from torch.func import functional_call
+
+    torch.manual_seed(0)
+    mods = [Conv2d(4, 6, 3, padding=1, method=method), torch.nn.Conv2d(4, 6, 3, padding=1)]
+    w1, w2 = torch.randn(6, 4, 3, 3), torch.randn(6, 4, 3, 3)
+    x1, x2 = torch.randn(2, 4, 16, 16), torch.randn(2, 4, 16, 16)
+    grads = []
+    for mod in mods:
+        ts = [t.clone().requires_grad_() for t in (w1, w2, x1, x2)]
+        y1 = functional_call(mod, {"weight": ts[0], "bias": torch.zeros(6)}, (ts[2],))
+        y2 = functional_call(mod, {"weight": ts[1], "bias": torch.zeros(6)}, (ts[3],))
+        (y1.square().sum() + 3 * y2.sum()).backward()
+        grads.append([t.grad for t in ts])
+    for a, b in zip(*grads):
+        assert rel(a, b) < 1e-5

@@ -169,8 +169,8 @@ def chunk_within(
         )
     warnings.warn(
         f"workspace: {what} needs {format_bytes(one)} for one sample, more than the limit of "
-        f"{format_bytes(call.limit)} (fftbp.set_workspace_limit); computing one sample at a "
-        "time; plan with memory_limit= to choose a route that fits",
+        f"{format_bytes(call.limit)} (fftbp.set_workspace_limit); computing with the least "
+        "workspace the route allows; plan with memory_limit= to choose a route that fits",
         WorkspaceWarning,
         stacklevel=4,
     )

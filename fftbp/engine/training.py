@@ -47,6 +47,9 @@ class WeightSpectra:
     in place included). Two threads may compute the same spectrum at once; both are right.
     """
 
+    #: spectra kept per weight value (one per transform geometry: input sizes may vary)
+    MAX_SPECTRA = 4
+
     def __init__(self) -> None:
         self._state: _WeightState | None = None
         self._lock = threading.Lock()
@@ -54,7 +57,7 @@ class WeightSpectra:
     def refresh(self, w: np.ndarray) -> np.ndarray:
         """The current snapshot of ``w`` (a new one if ``w`` changed since the last)."""
         state = self._state
-        if state is not None and np.array_equal(w, state.snapshot):
+        if state is not None and same_weight(w, state.snapshot):
             return state.snapshot
         new = _WeightState(np.array(w, copy=True), {})
         new.snapshot.flags.writeable = False
@@ -62,44 +65,56 @@ class WeightSpectra:
             self._state = new
         return new.snapshot
 
-    def changed_since(self, w: np.ndarray, snapshot: np.ndarray | None) -> bool:
-        return snapshot is None or not np.array_equal(w, snapshot)
-
     def get(self, lay: _fft.FFTLayout, snapshot: np.ndarray) -> np.ndarray:
         """Wf of ``snapshot`` for ``lay`` (computed on first use)."""
         state = self._state
         if state is None or state.snapshot is not snapshot:
             state = _WeightState(snapshot, {})  # an older snapshot: compute, do not keep
-        depthwise = lay.spec.is_depthwise
-        key = (lay.shape, lay.spec.kernel, lay.spec.dilation, lay.spec.groups, depthwise)
+        s = lay.spec
+        key = (lay.shape, s.kernel, s.dilation, s.groups, s.is_depthwise, s.dtype.str)
         wf = state.spectra.get(key)
         if wf is None:
-            make = _fdw.weight_spectrum if depthwise else _fft.weight_spectrum
+            make = _fdw.weight_spectrum if s.is_depthwise else _fft.weight_spectrum
             wf = make(lay, snapshot)
             wf.flags.writeable = False
             with self._lock:
                 state.spectra[key] = wf
+                while len(state.spectra) > self.MAX_SPECTRA:
+                    del state.spectra[next(iter(state.spectra))]
         return wf
+
+
+def same_weight(w: np.ndarray, snapshot: np.ndarray | None) -> bool:
+    """Whether ``w`` still equals ``snapshot`` (NaN equal to NaN: a weight holding NaN is
+    unchanged, and its gradients are NaN, not an error)."""
+    return snapshot is not None and np.array_equal(w, snapshot, equal_nan=True)
 
 
 @dataclass(frozen=True)
 class Residuals:
     """What a forward pass keeps for its backward pass: the layer, the plan and the limit it
-    ran under, the weight snapshot it used, and ``x`` or its spectrum ``xf``."""
+    ran under, the weight it ran with (``weight``: the caller's array, which must be unchanged
+    at backward: :class:`fftbp.Conv` checks it against ``snapshot``, torch's saved tensors
+    check their version), the
+    snapshot its weight spectra were made from, and ``x`` or its spectrum ``xf``."""
 
     spec: ConvSpec
     plan: Plan
     limit: int
+    weight: np.ndarray
     snapshot: np.ndarray | None
     x: np.ndarray | None
     xf: np.ndarray | None
 
 
-def _keep_pool(res: Residuals, pool: _fft.SpectrumPool | None, buf: np.ndarray | None) -> None:
-    """Give ``buf`` back to ``pool`` when ``res`` is garbage (nobody can reach it then)."""
+def _lend(pool: _fft.SpectrumPool | None, buf: np.ndarray | None, depthwise: bool) -> None:
+    """Give ``buf``'s memory back to ``pool`` when the array ``buf`` itself is garbage: every
+    value that can reach it (a ``Residuals`` and any copy of it) is gone by then."""
     if pool is not None and buf is not None:
-        give = pool.give if res.spec.is_depthwise else pool.give_spectrum
-        weakref.finalize(res, give, buf)
+        if depthwise:
+            weakref.finalize(buf, pool.give, buf.view())
+        else:
+            weakref.finalize(buf, pool.give_spectrum, pool.whole(buf))
 
 
 def forward_train(
@@ -134,11 +149,11 @@ def forward_train(
             lay = _fft.layout(spec)
             wf = weights.get(lay, snap)
             want_xf = weight_grad and routes[Pass.WEIGHT_GRAD] == _FFT
-            memory = workspace(_FFT, spec, Pass.FORWARD, call.threads, keep_x=want_xf)
+            kept = workspace(_FFT, spec, Pass.FORWARD, call.threads, keep_x=True)
+            if want_xf and kept.chunk(spec.batch, call.limit) < spec.batch:
+                want_xf = False  # keeping Xf does not fit: keep x instead
+            memory = kept if want_xf else workspace(_FFT, spec, Pass.FORWARD, call.threads)
             n = chunk_within(memory, spec, _FFT, Pass.FORWARD, call)
-            if want_xf and n < spec.batch:  # keeping Xf does not fit: keep x instead
-                memory = workspace(_FFT, spec, Pass.FORWARD, call.threads)
-                n, want_xf = chunk_within(memory, spec, _FFT, Pass.FORWARD, call), False
             if spec.is_depthwise:
                 xf_out = None
                 if want_xf:
@@ -157,15 +172,14 @@ def forward_train(
         kept_x = None
         if weight_grad and (xf is None or keep_x):
             kept_x = np.array(x, copy=True) if copy_x else x
-        res = Residuals(spec, plan, call.limit, snap, kept_x, xf)
-    _keep_pool(res, pool, xf)
+        res = Residuals(spec, plan, call.limit, w, snap, kept_x, xf)
+    _lend(pool, xf, spec.is_depthwise)
     return y, res
 
 
 def backward_train(
     res: Residuals,
     g: np.ndarray,
-    w: np.ndarray,
     weights: WeightSpectra,
     *,
     input_grad: bool = True,
@@ -174,8 +188,9 @@ def backward_train(
     pool: _fft.SpectrumPool | None = None,
 ) -> tuple[np.ndarray | None, np.ndarray | None]:
     """Input and weight gradients of the forward pass that made ``res``, under the limit it ran
-    under, from what it kept (``routes``: the gradients' routes, default the plan's)."""
-    spec = res.spec
+    under, from what it kept, with the weight it ran with (``routes``: the gradients' routes,
+    default the plan's)."""
+    spec, w = res.spec, res.weight
     routes = routes or {p: res.plan.choice(p).route for p in Pass}
     fft_dx = input_grad and routes[Pass.INPUT_GRAD] == _FFT
     fft_dw = weight_grad and routes[Pass.WEIGHT_GRAD] == _FFT and res.xf is not None
@@ -187,13 +202,13 @@ def backward_train(
             lay = _fft.layout(spec)
             snapshot = res.snapshot if res.snapshot is not None else weights.refresh(w)
             wf = weights.get(lay, snapshot) if fft_dx else None
-            if spec.is_depthwise:
+            memory = workspace(_FFT, spec, Pass.INPUT_GRAD, call.threads)
+            n = chunk_within(memory, spec, _FFT, Pass.INPUT_GRAD, call)
+            if spec.is_depthwise:  # no workspace per sample: the batch is one chunk
                 dx, dw = _fdw.backward(
                     lay, g, wf, xf=res.xf if fft_dw else None, need_dx=fft_dx, need_dw=fft_dw
                 )
             else:
-                memory = workspace(_FFT, spec, Pass.INPUT_GRAD, call.threads)
-                n = chunk_within(memory, spec, _FFT, Pass.INPUT_GRAD, call)
                 if n >= spec.batch:  # one transform of grad_output serves both gradients
                     gf = _fft.grad_spectrum(lay, g, pool)
                     if fft_dx:

@@ -54,11 +54,27 @@ ReadFn = Callable[[np.ndarray, int, int], None]
 
 
 class _Plan:
-    __slots__ = ("fftw", "scratch")
+    """An FFTW plan, its own real-space scratch, and the arrays it is bound to while nobody
+    has it checked out (``park``: its own arrays, or for a strided plan a stand-in of the
+    spectrum's geometry), so that a cached plan never keeps a caller's array alive."""
 
-    def __init__(self, fftw: Any, scratch: np.ndarray) -> None:
+    __slots__ = ("fftw", "park", "scratch")
+
+    def __init__(self, fftw: Any, scratch: np.ndarray, park: tuple[np.ndarray, np.ndarray]):
         self.fftw = fftw
         self.scratch = scratch
+        self.park = park
+        fftw.update_arrays(*park)
+
+
+def _stand_in(like: np.ndarray) -> np.ndarray:
+    """An array with ``like``'s shape, strides, dtype and alignment over a few bytes of memory:
+    a plan is bound to it only while parked, and every user rebinds the plan to real arrays
+    (``update_arrays``) before executing it, so FFTW never reads or writes through it."""
+    raw = pyfftw.empty_aligned(2 * _ALIGN, dtype=np.uint8, n=_ALIGN)
+    offset = like.ctypes.data % _ALIGN
+    base = raw[offset : offset + like.itemsize].view(like.dtype)
+    return np.lib.stride_tricks.as_strided(base, shape=like.shape, strides=like.strides)
 
 
 #: key -> plans not lent out (most recently returned last); LRU over keys
@@ -113,6 +129,8 @@ def checkout(key: tuple[Any, ...], build: Callable[[], _Plan]) -> Iterator[_Plan
     with _cache_lock:
         free = _free.get(key)
         plan = free.pop() if free else None
+        if free is not None and not free:
+            del _free[key]  # no key without a free plan (the eviction below relies on it)
         if plan is not None:
             _free_count -= 1
             _stats["hits"] += 1
@@ -123,6 +141,7 @@ def checkout(key: tuple[Any, ...], build: Callable[[], _Plan]) -> Iterator[_Plan
     try:
         yield plan
     finally:
+        plan.fftw.update_arrays(*plan.park)  # drop the caller's arrays
         with _cache_lock:
             _free.setdefault(key, []).append(plan)
             _free.move_to_end(key)
@@ -176,11 +195,11 @@ def _build_strided(
         fftw = pyfftw.FFTW(
             scratch, spec_t, axes=axes, direction="FFTW_FORWARD", flags=flags, threads=1
         )
-    else:
-        fftw = pyfftw.FFTW(
-            spec_t, scratch, axes=axes, direction="FFTW_BACKWARD", flags=flags, threads=1
-        )
-    return _Plan(fftw, scratch)
+        return _Plan(fftw, scratch, (scratch, _stand_in(spec_t)))
+    fftw = pyfftw.FFTW(
+        spec_t, scratch, axes=axes, direction="FFTW_BACKWARD", flags=flags, threads=1
+    )
+    return _Plan(fftw, scratch, (_stand_in(spec_t), scratch))
 
 
 def _chunking(total: int, shape: tuple[int, ...], real: np.dtype) -> int:
@@ -302,7 +321,7 @@ def _build_owned(
         fftw = pyfftw.FFTW(r, c, axes=axes, direction="FFTW_FORWARD", flags=flags, threads=1)
     else:
         fftw = pyfftw.FFTW(c, r, axes=axes, direction="FFTW_BACKWARD", flags=flags, threads=1)
-    return _Plan(fftw, r)
+    return _Plan(fftw, r, (fftw.input_array, fftw.output_array))
 
 
 def aligned(a: np.ndarray) -> bool:

@@ -126,10 +126,16 @@ class FFTLayout:
 
 class SpectrumPool:
     """Spectrum buffers lent to one call at a time (thread-safe): a :class:`fftbp.Conv` keeps
-    one so that its training steps reuse memory, and no two running calls share a buffer."""
+    one so that its training steps reuse memory, and no two running calls share a buffer.
 
-    def __init__(self, max_free: int = 4) -> None:
-        self._free: dict[tuple[Any, ...], list[np.ndarray]] = {}
+    At most ``max_free`` buffers wait in the pool, the most recently returned ones: a layer
+    that sees many input sizes keeps the buffers of the last few, not of all.
+    """
+
+    def __init__(self, max_free: int = 6) -> None:
+        self._free: list[tuple[tuple[Any, ...], np.ndarray]] = []
+        #: id of a narrowed view lent by take_spectrum -> (that view, weakly; the whole buffer)
+        self._whole: dict[int, tuple[weakref.ref, np.ndarray]] = {}
         self._max_free = max_free
         self._lock = threading.Lock()
 
@@ -139,9 +145,9 @@ class SpectrumPool:
         """A free buffer of ``shape`` and ``dtype``, else a new one, ``make()``."""
         key = (shape, np.dtype(dtype).str)
         with self._lock:
-            free = self._free.get(key)
-            if free:
-                return free.pop()
+            for i in range(len(self._free) - 1, -1, -1):
+                if self._free[i][0] == key:
+                    return self._free.pop(i)[1]
         return make()
 
     def take_spectrum(
@@ -156,29 +162,42 @@ class SpectrumPool:
         ``make()``."""
         key = ("spectrum", half_shape, np.dtype(dtype).str)
         with self._lock:
-            free = self._free.get(key, [])
-            fits = [i for i, b in enumerate(free) if b.shape[-1] >= maps]
+            fits = [i for i, (k, b) in enumerate(self._free) if k == key and b.shape[-1] >= maps]
             if fits:
-                buf = free.pop(min(fits, key=lambda i: free[i].shape[-1]))
-                return buf[..., :maps]
+                whole = self._free.pop(min(fits, key=lambda i: self._free[i][1].shape[-1]))[1]
+                if whole.shape[-1] == maps:
+                    return whole
+                view = whole[..., :maps]
+                self._whole[id(view)] = (weakref.ref(view), whole)
+                return view
         return make()
 
     def give(self, buf: np.ndarray | None) -> None:
         """Take back a buffer its borrower no longer reads or writes."""
-        if buf is None:
-            return
-        self._give((buf.shape, buf.dtype.str), buf)
+        if buf is not None:
+            self._give((buf.shape, buf.dtype.str), buf)
 
     def give_spectrum(self, buf: np.ndarray | None) -> None:
-        """Take back a buffer lent by :meth:`take_spectrum`."""
+        """Take back a buffer lent by :meth:`take_spectrum` (whole again if it was narrowed)."""
         if buf is not None:
+            buf = self.whole(buf)
             self._give(("spectrum", buf.shape[:-1], buf.dtype.str), buf)
+
+    def whole(self, buf: np.ndarray) -> np.ndarray:
+        """The whole buffer behind ``buf`` if :meth:`take_spectrum` narrowed it, else a new view
+        of ``buf`` (to give back later, once ``buf`` itself is garbage)."""
+        with self._lock:
+            entry = self._whole.pop(id(buf), None)
+            for key in [k for k, (ref, _) in self._whole.items() if ref() is None]:
+                del self._whole[key]  # views that died without coming back
+        if entry is not None and entry[0]() is buf:
+            return entry[1]
+        return buf.view()
 
     def _give(self, key: tuple[Any, ...], buf: np.ndarray) -> None:
         with self._lock:
-            free = self._free.setdefault(key, [])
-            if len(free) < self._max_free:
-                free.append(buf)
+            self._free.append((key, buf))
+            del self._free[: -self._max_free]
 
 
 def layout(spec: ConvSpec, shape: tuple[int, ...] | None = None) -> FFTLayout:
@@ -202,6 +221,7 @@ def flip_maps(a: np.ndarray) -> np.ndarray:
 
 #: buffer id -> (weak reference to the buffer, placement whose complement is known to be zero)
 _zero_outside: dict[int, tuple[weakref.ref, tuple[Any, ...]]] = {}
+_zero_lock = threading.Lock()
 
 
 def place_maps(dst: np.ndarray, src: np.ndarray, place: tuple[slice, ...]) -> None:
@@ -221,10 +241,11 @@ def place_maps(dst: np.ndarray, src: np.ndarray, place: tuple[slice, ...]) -> No
                     dst[(slice(None), *place[:axis], slice(p.stop, None))] = 0
             else:
                 dst.fill(0)
-            if len(_zero_outside) > 4096:  # drop entries of buffers that no longer exist
-                for k in [k for k, (ref, _) in _zero_outside.items() if ref() is None]:
-                    del _zero_outside[k]
-            _zero_outside[key] = (weakref.ref(dst), token)
+            with _zero_lock:  # several calls place maps at once
+                if len(_zero_outside) > 4096:  # drop entries of buffers that no longer exist
+                    for k in [k for k, (ref, _) in _zero_outside.items() if ref() is None]:
+                        del _zero_outside[k]
+                _zero_outside[key] = (weakref.ref(dst), token)
         dst[(slice(None), *place)] = src
 
 

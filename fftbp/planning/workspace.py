@@ -140,13 +140,16 @@ def direct_workspace(spec: ConvSpec, pass_: Pass, threads: int) -> Workspace:
         tail = sum((e - 1) * math.prod(t_in[i + 1 :]) for i, e in enumerate(spec.kernel_extent))
         positions = spec.in_size[0] * math.prod(t_in[1:])
         per = f * (math.prod(up) + 2 * math.prod(t_in) + tail) + 3 * c * positions
-        return Workspace((3 * weights) * item + (1 << 16), per * item)
+        fixed = (3 * weights + threads * c * positions) * item + (1 << 16)
+        return Workspace(fixed, per * item)
     if not strided:
         tail = sum((e - 1) * math.prod(padded[i + 1 :]) for i, e in enumerate(spec.kernel_extent))
         flat = c * (math.prod(padded) + tail)
         positions = spec.out_size[0] * math.prod(padded[1:])
         if pass_ == Pass.FORWARD:
-            return Workspace(2 * weights * item + (1 << 16), (flat + 4 * f * positions) * item)
+            # per worker a temporary of its piece of the output (at most one sample's)
+            fixed = (2 * weights + threads * f * positions) * item + (1 << 16)
+            return Workspace(fixed, (flat + 4 * f * positions) * item)
         return Workspace((threads + 3) * weights * item + (1 << 16), (flat + f * positions) * item)
     # strided: a padded copy per sample, and unfolded blocks of at most BLOCK_CAP bytes
     from_blocks = min(128 << 20, spec.batch * c * nk * math.prod(spec.out_size) * item)
