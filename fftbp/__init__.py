@@ -9,7 +9,8 @@ from fftbp._config import (
     set_num_threads,
     set_workspace_limit,
 )
-from fftbp.api import Conv, Grads, conv, conv_input_grad, conv_weight_grad, plan
+from fftbp.api import conv, conv_input_grad, conv_weight_grad, plan
+from fftbp.layer import Conv, Grads
 from fftbp.planning import Plan, load_wisdom, save_wisdom
 
 __version__ = "0.1.0"

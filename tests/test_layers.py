@@ -7,7 +7,7 @@ function) goes down, never up, and no file grows past one screenful of jobs.
     fftbp.fft                           pyFFTW plans, transform sizes
     fftbp.kernels    fftbp.planning     execution kernels | plans as data, cost and memory models
     fftbp.engine                        the one executor (kernels + planning), measure mode
-    fftbp.api                           conv / conv_input_grad / conv_weight_grad / Conv / plan
+    fftbp.api, fftbp.layer              conv / conv_input_grad / conv_weight_grad / plan; Conv
     fftbp.torch, fftbp.study, fftbp.cli on top
 """
 

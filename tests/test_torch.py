@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import itertools
 import pickle
+import threading
 
 import numpy as np
 import pytest
@@ -567,3 +568,51 @@ def test_two_weights_in_one_graph(method):
         grads.append([t.grad for t in ts])
     for a, b in zip(*grads):
         assert rel(a, b) < 1e-5
+
+
+@pytest.mark.parametrize("method", ["fft", "auto"])
+def test_empty_batch_gives_empty_output_and_gradients(method):
+    m = Conv2d(4, 4, 7, padding=3, method=method)
+    x = torch.randn(0, 4, 16, 16, requires_grad=True)
+    y = m(x)
+    y.sum().backward()
+    assert y.shape == (0, 4, 16, 16) and x.grad.shape == x.shape
+    assert m.weight.grad is not None and float(m.weight.grad.abs().sum()) == 0.0
+
+
+def test_channels_last_after_an_optimizer_step():
+    """A channels_last weight updated in place by the optimizer is seen (the engine's weight
+    view is keyed on torch's version counter), and channels_last in gives channels_last out."""
+    torch.manual_seed(0)
+    ours = Conv2d(8, 8, 31, padding=15, method="fft").to(memory_format=torch.channels_last)
+    native = torch.nn.Conv2d(8, 8, 31, padding=15).to(memory_format=torch.channels_last)
+    native.load_state_dict(ours.state_dict())
+    x = torch.randn(2, 8, 32, 32).to(memory_format=torch.channels_last)
+    for mod in (ours, native):
+        opt = torch.optim.SGD(mod.parameters(), lr=0.1)
+        mod(x).square().sum().backward()
+        opt.step()
+    y, ref = ours(x), native(x)
+    assert rel(y, ref) < 1e-5
+    assert y.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_one_module_from_four_threads():
+    torch.manual_seed(0)
+    ours = Conv2d(8, 8, 31, padding=15, method="fft")
+    native = torch.nn.Conv2d(8, 8, 31, padding=15)
+    native.load_state_dict(ours.state_dict())
+    xs = [torch.randn(2, 8, 32, 32, requires_grad=True) for _ in range(12)]
+    refs = [torch.autograd.grad(native(x).square().sum(), x)[0] for x in xs]
+    got: list = [None] * len(xs)
+
+    def work(t: int) -> None:
+        for i in range(t, len(xs), 4):
+            got[i] = torch.autograd.grad(ours(xs[i]).square().sum(), xs[i])[0]
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(rel(g, r) < 1e-5 for g, r in zip(got, refs))

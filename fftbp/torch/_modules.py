@@ -27,14 +27,16 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 
 from fftbp._params import PASSES, ConvSpec, check_method
-from fftbp.api import Conv, Method
-from fftbp.engine import Residuals, SpectrumPool
+from fftbp.api import Method
+from fftbp.engine import Residuals, SpectrumPool, WeightSpectra
+from fftbp.layer import Conv
 from fftbp.planning.decision import Plan
 from fftbp.planning.planner import plan_for_spec
 
 __all__ = ["Conv1d", "Conv2d", "Conv3d"]
 
 _FLOAT = (torch.float32, torch.float64)
+_LAST = {2: torch.channels_last, 3: torch.channels_last_3d}
 
 
 def _numpy(t: torch.Tensor) -> np.ndarray:
@@ -65,8 +67,11 @@ class _Engine(Conv):
         self._pool = SpectrumPool()
         self._lock = threading.Lock()
 
-    def bind(self, w: torch.Tensor, b: torch.Tensor | None) -> tuple[np.ndarray, Any]:
-        """Use ``w`` and ``b`` (numpy views); returns them with the weight-spectra cache."""
+    def bind(
+        self, w: torch.Tensor, b: torch.Tensor | None
+    ) -> tuple[np.ndarray, np.ndarray | None, WeightSpectra]:
+        """Use ``w`` and ``b``; returns their numpy views and the weight-spectra cache, read
+        together under the lock (a call from another thread may bind other tensors next)."""
         key = (w.data_ptr(), tuple(w.shape), tuple(w.stride()), w.dtype, w._version)
         bias = None if b is None else _numpy(b)
         with self._lock:
@@ -75,7 +80,7 @@ class _Engine(Conv):
                 self._key = key
             else:
                 self.bias = bias
-            return self._weight, self._weights
+            return self._weight, bias, self._weights
 
 
 class _ConvFunction(torch.autograd.Function):
@@ -88,10 +93,10 @@ class _ConvFunction(torch.autograd.Function):
         engine: _Engine,
         grad: bool,
     ) -> torch.Tensor:
-        engine.bind(w, b)
+        wn, bn, weights = engine.bind(w, b)
         xn = _numpy(x)
         need_dw = grad and w.requires_grad
-        y, res = engine.forward_step(xn, weight_grad=need_dw, copy_x=False)
+        y, res = engine._forward(xn, wn, bn, weights, need_dw, False)
         ctx.engine, ctx.residuals = engine, res
         # x is saved only when a pass needs it; torch checks both for in-place changes
         ctx.save_for_backward(x if res.x is not None else None, w)
@@ -145,8 +150,9 @@ class _FFTBPConv(nn.Module):
     def _conv_forward(
         self, input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     ) -> torch.Tensor:
-        if not _supported(input, weight):
-            return super()._conv_forward(input, weight, bias)  # documented: torch computes it
+        if not _supported(input, weight) or input.numel() == 0:
+            # documented: torch computes it (an empty batch too: empty output and gradients)
+            return super()._conv_forward(input, weight, bias)
         original = input
         padding: Any = self.padding
         if self.padding_mode != "zeros":
@@ -165,6 +171,12 @@ class _FFTBPConv(nn.Module):
             input.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad)
         )
         y = _ConvFunction.apply(input, weight, bias, engine, grad)
+        if (
+            self._nd > 1
+            and not input.is_contiguous()
+            and input.is_contiguous(memory_format=_LAST[self._nd])
+        ):  # channels_last in, channels_last out, as native
+            y = y.contiguous(memory_format=_LAST[self._nd])
         return y.squeeze(0) if unbatched else y
 
     def _plans_all_native(self, engine: _Engine, x: torch.Tensor, w: torch.Tensor) -> bool:
