@@ -616,3 +616,22 @@ def test_one_module_from_four_threads():
     for t in threads:
         t.join()
     assert all(rel(g, r) < 1e-5 for g, r in zip(got, refs))
+
+
+def test_convert_leaves_the_model_state_and_the_rng_alone():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(4, 4, 31, padding=15, groups=4),
+        torch.nn.BatchNorm2d(4),
+        torch.nn.Dropout(0.5),
+    ).train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    example = torch.randn(2, 4, 32, 32)
+    torch.manual_seed(1)
+    expected_draw = torch.rand(3)
+    torch.manual_seed(1)
+    convert(model, example, inplace=True)
+    assert torch.equal(torch.rand(3), expected_draw)  # the global RNG did not advance
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    assert model.training

@@ -90,6 +90,8 @@ def convert(
         subclasses may override ``forward`` and are left alone) are candidates.
     example_input : Tensor or tuple of Tensors
         Run once through the model (``model(*example_input)``) to see each layer's input shape.
+        The model is left exactly as it was apart from the swapped classes: BatchNorm's running
+        statistics are restored and torch's random state is not advanced.
     min_speedup : float > 0
         Convert a layer only if its training step (forward + the gradients it needs) is
         predicted (or with ``measure``, measured) at least this much faster.
@@ -130,7 +132,11 @@ def layer_inputs(
     model: nn.Module, args: tuple[torch.Tensor, ...]
 ) -> dict[str, tuple[torch.Tensor, bool, str]]:
     """Each candidate layer's first input (a meta tensor: shape and dtype), whether it needs a
-    gradient, and its device type, from one forward pass with grad mode on."""
+    gradient, and its device type, from one forward pass with grad mode on (no backward).
+
+    The model is left as it was: its buffers (BatchNorm's running statistics) are restored
+    after the pass, and the pass runs on a fork of torch's CPU random state (Dropout does not
+    advance the caller's generator)."""
     seen: dict[str, tuple[torch.Tensor, bool, str]] = {}
     handles = []
     for name, mod in model.named_modules():
@@ -143,12 +149,17 @@ def layer_inputs(
                     seen[name] = (meta, bool(x.requires_grad), x.device.type)
 
             handles.append(mod.register_forward_pre_hook(hook))
+    buffers = {name: b.detach().clone() for name, b in model.named_buffers()}
     try:
-        with torch.enable_grad():
+        with torch.random.fork_rng(devices=[]), torch.enable_grad():
             model(*args)
     finally:
         for h in handles:
             h.remove()
+        with torch.no_grad():
+            for name, b in model.named_buffers():
+                if name in buffers:
+                    b.copy_(buffers[name])
     return seen
 
 
