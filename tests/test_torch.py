@@ -635,3 +635,41 @@ def test_convert_leaves_the_model_state_and_the_rng_alone():
     for k, v in model.state_dict().items():
         assert torch.equal(v, before[k]), k
     assert model.training
+
+
+DATALOADER_SCRIPT = """
+import torch
+from torch.utils.data import DataLoader, Dataset
+from fftbp.torch import Conv2d
+torch.manual_seed(0)
+layer = Conv2d(4, 4, 15, padding=7, method="fft")
+native = torch.nn.Conv2d(4, 4, 15, padding=7)
+native.load_state_dict(layer.state_dict())
+x = torch.randn(8, 4, 24, 24)
+with torch.no_grad():
+    layer(x)  # the parent uses the layer (and fftbp's worker pool) first
+class DS(Dataset):
+    def __len__(self):
+        return 4
+    def __getitem__(self, i):
+        with torch.no_grad():
+            return layer(x[i : i + 1])[0] - native(x[i : i + 1])[0]
+diffs = torch.stack(list(DataLoader(DS(), batch_size=None, num_workers=2)))
+print(float(diffs.abs().max()))
+"""
+
+
+def test_dataloader_workers_forked_after_the_parent_used_the_layer():
+    """DataLoader's default fork start on Linux: the workers compute (they used to hang on the
+    parent's worker pool, whose threads a forked child does not have)."""
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-c", DATALOADER_SCRIPT],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    assert float(out.stdout.strip().splitlines()[-1]) < 1e-4
