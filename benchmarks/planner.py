@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks.machine import describe
-from fftbp._config import call_settings as blas_single_threaded
+from fftbp._config import call_settings
 from fftbp._params import PASSES, ConvSpec
 from fftbp.engine.measure import measured_plan, time_routes
 from fftbp.planning.candidates import candidate_routes
@@ -119,7 +119,7 @@ def duel(oracle: Route, choice: Route, spec: ConvSpec, pass_: str, ops: dict) ->
 
 def duel_ratio(a: Route, b: Route, spec: ConvSpec, pass_: str, ops: dict) -> float:
     """``b``'s best time over ``a``'s, the two alternating for :data:`DUEL_TIME` each."""
-    with blas_single_threaded():
+    with call_settings():
         t_a, t_b = time_routes([a, b], spec, pass_, ops, 5, DUEL_TIME)
     return t_b / t_a
 
@@ -150,7 +150,7 @@ def run_layer(kw: dict[str, Any], max_call: float) -> dict[str, Any]:
                 skipped.append(f"{pass_}:{key(r)}")
             else:
                 timed_routes.append(r)
-        with blas_single_threaded():
+        with call_settings():
             best = time_routes(timed_routes, spec, pass_, ops)
         times[pass_] = {key(r): t for r, t in zip(timed_routes, best)}
     result: dict[str, Any] = {

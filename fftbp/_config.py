@@ -52,10 +52,6 @@ class WorkspaceWarning(UserWarning):
 
 def physical_memory() -> int:
     """Bytes of physical memory (8 GiB where the system does not say)."""
-    return _physical_memory()
-
-
-def _physical_memory() -> int:
     try:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError, AttributeError):  # pragma: no cover - non-POSIX
@@ -78,7 +74,7 @@ def _env_int(name: str, default: int) -> int:
 _state: dict[str, Any] = {
     "threads": _env_int("FFTBP_NUM_THREADS", os.cpu_count() or 1),
     "workspace": _env_int(
-        "FFTBP_WORKSPACE_LIMIT", int(DEFAULT_WORKSPACE_FRACTION * _physical_memory())
+        "FFTBP_WORKSPACE_LIMIT", int(DEFAULT_WORKSPACE_FRACTION * physical_memory())
     ),
     "effort": os.environ.get("FFTBP_FFTW_EFFORT", "FFTW_MEASURE"),
 }

@@ -57,7 +57,8 @@ def register_base(name: str, base: Base) -> None:
 
 
 def has_base(name: str) -> bool:
-    return name in ("fft", "direct") or name in _bases
+    """Whether ``Route(name)`` can run (built in, or registered)."""
+    return name in _BUILTIN or name in _bases
 
 
 def _fft_forward(

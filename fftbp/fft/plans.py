@@ -163,6 +163,18 @@ def _strided_key(
     return key, aligned, effort
 
 
+def _strided_plan(
+    forward: bool, view: np.ndarray, shape: tuple[int, ...], real: np.dtype, on_view: bool
+) -> AbstractContextManager[_Plan]:
+    """Check out a plan between scratch maps and the frequency-major ``view`` (built on
+    ``view`` itself if ``on_view``, see :func:`_build_strided`)."""
+    b = view.shape[-1]
+    key, aligned, effort = _strided_key(forward, b, shape, real, view)
+    return checkout(
+        key, lambda: _build_strided(forward, b, shape, real, view, aligned, effort, on_view)
+    )
+
+
 def _build_strided(
     forward: bool,
     b: int,
@@ -242,12 +254,7 @@ def prepare_irfft(spec: np.ndarray, shape: tuple[int, ...]) -> None:
     with ExitStack() as held:  # as many plans per geometry as workers will use at once
         for b0 in starts[:workers] + starts[-1:]:
             b1 = min(b0 + sub, total)
-            view = spec[..., b0:b1]
-            key, aligned, effort = _strided_key(False, b1 - b0, shape, real, view)
-            build = lambda v=view, n=b1 - b0, a=aligned, e=effort: _build_strided(  # noqa: E731
-                False, n, shape, real, v, a, e, on_view=True
-            )
-            held.enter_context(checkout(key, build))
+            held.enter_context(_strided_plan(False, spec[..., b0:b1], shape, real, on_view=True))
 
 
 def irfft_batch(spec: np.ndarray, shape: tuple[int, ...], read: ReadFn) -> None:
@@ -265,13 +272,9 @@ def _run(forward: bool, spec: np.ndarray, shape: tuple[int, ...], io: FillFn) ->
 
     def work(_slot: int, b0: int, b1: int) -> None:
         view = spec[..., b0:b1]
-        key, aligned, effort = _strided_key(forward, b1 - b0, shape, real, view)
-        # a forward transform is about to overwrite the view: FFTW may plan on it
-        build = lambda: _build_strided(  # noqa: E731
-            forward, b1 - b0, shape, real, view, aligned, effort, on_view=forward
-        )
         view_t = np.moveaxis(view, -1, 0)
-        with checkout(key, build) as plan:
+        # a forward transform is about to overwrite the view: FFTW may plan on it
+        with _strided_plan(forward, view, shape, real, on_view=forward) as plan:
             if forward:
                 io(plan.scratch, b0, b1)
                 plan.fftw.update_arrays(plan.scratch, view_t)
