@@ -53,5 +53,6 @@ def worker(rank: int, world: int, port: int, out: str, steps: int) -> None:
         train(ddp, x[rank * part : (rank + 1) * part], t[rank * part : (rank + 1) * part], steps)
         if rank == 0:
             torch.save(model.state_dict(), out)
+        dist.barrier()  # both ranks done communicating before either tears gloo down
     finally:
         dist.destroy_process_group()

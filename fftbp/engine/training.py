@@ -22,11 +22,19 @@ from fftbp._params import ConvSpec, Pass
 from fftbp.engine.executor import chunk_within, fft_chunked, run_pass
 from fftbp.kernels import fft as _fft
 from fftbp.kernels import fft_depthwise as _fdw
+from fftbp.kernels.layout import spectrum_ld
 from fftbp.planning.decision import Plan
 from fftbp.planning.routes import Route
 from fftbp.planning.workspace import workspace
 
-__all__ = ["Residuals", "WeightSpectra", "backward_train", "forward_train"]
+__all__ = [
+    "Residuals",
+    "WeightSpectra",
+    "backward_train",
+    "forward_train",
+    "keeps_spectrum",
+    "spectrum_buffer",
+]
 
 _FFT = Route("fft")
 
@@ -117,6 +125,30 @@ def _lend(pool: _fft.SpectrumPool | None, buf: np.ndarray | None, depthwise: boo
             weakref.finalize(buf, pool.give_spectrum, pool.whole(buf))
 
 
+def keeps_spectrum(plan: Plan, threads: int, limit: int) -> bool:
+    """Whether a training forward pass under ``plan`` keeps the input's spectrum for the weight
+    gradient: both passes by whole-map FFT, and the whole batch's spectra within ``limit``."""
+    if plan.choice(Pass.FORWARD).route != _FFT or plan.choice(Pass.WEIGHT_GRAD).route != _FFT:
+        return False
+    kept = workspace(_FFT, plan.spec, Pass.FORWARD, threads, keep_x=True)
+    return kept.chunk(plan.spec.batch, limit) >= plan.spec.batch
+
+
+def spectrum_buffer(spec: ConvSpec) -> tuple[tuple[int, ...], np.dtype]:
+    """Shape and dtype of a whole buffer that a kept input spectrum is written into (the
+    frequency-major layout of dense layers has a padded leading dimension)."""
+    lay = _fft.layout(spec)
+    maps = spec.batch * spec.in_channels
+    if spec.is_depthwise:
+        return (maps, *lay.half_shape), lay.complex_dtype
+    return (*lay.half_shape, spectrum_ld(maps)), lay.complex_dtype
+
+
+def _spectrum_in(spec: ConvSpec, buf: np.ndarray) -> np.ndarray:
+    """The spectrum within a :func:`spectrum_buffer`-shaped buffer."""
+    return buf if spec.is_depthwise else buf[..., : spec.batch * spec.in_channels]
+
+
 def forward_train(
     plan: Plan,
     spec: ConvSpec,
@@ -130,6 +162,7 @@ def forward_train(
     copy_x: bool = True,
     snapshot: bool = False,
     pool: _fft.SpectrumPool | None = None,
+    xf_out: np.ndarray | None = None,
 ) -> tuple[np.ndarray, Residuals]:
     """The forward pass of a training step and what its backward pass needs.
 
@@ -139,6 +172,8 @@ def forward_train(
     tensors do). ``weight_grad=False`` keeps nothing for a weight gradient; ``keep_x=True``
     keeps ``x`` in any case (``tol=`` re-plans the gradients on grad_output's range);
     ``snapshot=True`` takes a weight snapshot whatever the route (for a later in-place check).
+    ``xf_out`` (a :func:`spectrum_buffer`, owned by the caller) receives the input spectrum; the
+    caller decided with :func:`keeps_spectrum` that it is kept.
     """
     routes = {p: plan.choice(p).route for p in Pass}
     with call_settings(plan.memory_limit) as call:
@@ -148,22 +183,23 @@ def forward_train(
             snap = weights.refresh(w) if snap is None else snap
             lay = _fft.layout(spec)
             wf = weights.get(lay, snap)
-            want_xf = weight_grad and routes[Pass.WEIGHT_GRAD] == _FFT
-            kept = workspace(_FFT, spec, Pass.FORWARD, call.threads, keep_x=True)
-            if want_xf and kept.chunk(spec.batch, call.limit) < spec.batch:
-                want_xf = False  # keeping Xf does not fit: keep x instead
-            memory = kept if want_xf else workspace(_FFT, spec, Pass.FORWARD, call.threads)
+            if xf_out is not None:
+                want_xf = True
+            else:  # keeping Xf may not fit: keep x instead
+                want_xf = weight_grad and keeps_spectrum(plan, call.threads, call.limit)
+            memory = workspace(_FFT, spec, Pass.FORWARD, call.threads, keep_x=want_xf)
             n = chunk_within(memory, spec, _FFT, Pass.FORWARD, call)
             if spec.is_depthwise:
-                xf_out = None
-                if want_xf:
-                    shape = (spec.batch * spec.in_channels, *lay.half_shape)
-                    dtype = lay.complex_dtype
+                buf = xf_out
+                if want_xf and buf is None:
+                    shape, dtype = spectrum_buffer(spec)
                     make = lambda: pyfftw.empty_aligned(shape, dtype=dtype, n=64)  # noqa: E731
-                    xf_out = pool.take(shape, dtype, make) if pool is not None else make()
-                y, xf = _fdw.forward(lay, x, wf, bias, keep_xf=want_xf, xf_out=xf_out)
+                    buf = pool.take(shape, dtype, make) if pool is not None else make()
+                y, xf = _fdw.forward(lay, x, wf, bias, keep_xf=want_xf, xf_out=buf)
+                assert xf_out is None or xf is xf_out
             elif want_xf:
-                xf = _fft.input_spectrum(lay, x, pool)
+                out = None if xf_out is None else _spectrum_in(spec, xf_out)
+                xf = _fft.input_spectrum(lay, x, pool, out)
                 y = _fft.forward_from_spectra(lay, xf, wf, bias, pool)
             else:
                 y = fft_chunked(spec, Pass.FORWARD, x, wf, bias, n, wf, pool)
@@ -173,7 +209,8 @@ def forward_train(
         if weight_grad and (xf is None or keep_x):
             kept_x = np.array(x, copy=True) if copy_x else x
         res = Residuals(spec, plan, call.limit, w, snap, kept_x, xf)
-    _lend(pool, xf, spec.is_depthwise)
+    if xf_out is None:
+        _lend(pool, xf, spec.is_depthwise)
     return y, res
 
 
@@ -200,8 +237,10 @@ def backward_train(
     with call_settings(res.limit) as call:
         if fft_dx or fft_dw:
             lay = _fft.layout(spec)
-            snapshot = res.snapshot if res.snapshot is not None else weights.refresh(w)
-            wf = weights.get(lay, snapshot) if fft_dx else None
+            wf = None
+            if fft_dx:
+                snapshot = res.snapshot if res.snapshot is not None else weights.refresh(w)
+                wf = weights.get(lay, snapshot)
             memory = workspace(_FFT, spec, Pass.INPUT_GRAD, call.threads)
             n = chunk_within(memory, spec, _FFT, Pass.INPUT_GRAD, call)
             if spec.is_depthwise:  # no workspace per sample: the batch is one chunk

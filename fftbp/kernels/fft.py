@@ -77,9 +77,11 @@ def _spectrum(
     place: tuple[slice, ...],
     flip: bool,
     pool: SpectrumPool | None = None,
+    out: np.ndarray | None = None,
 ) -> np.ndarray:
-    """rfft of every map of ``src`` (shape ``(B, *size)``) placed at ``place`` in a zero buffer."""
-    spec_arr = lay.spectrum(src.shape[0], pool)
+    """rfft of every map of ``src`` (shape ``(B, *size)``) placed at ``place`` in a zero buffer
+    (written into ``out``, shape ``(*half, B)``, when given)."""
+    spec_arr = lay.spectrum(src.shape[0], pool) if out is None else out
     if flip:
         src = flip_maps(src)
 
@@ -90,10 +92,19 @@ def _spectrum(
     return spec_arr
 
 
-def input_spectrum(lay: FFTLayout, x: np.ndarray, pool: SpectrumPool | None = None) -> np.ndarray:
-    """Xf: spectrum of each input map placed reversed at the buffer's start; ``(*half, n*C)``."""
+def input_spectrum(
+    lay: FFTLayout,
+    x: np.ndarray,
+    pool: SpectrumPool | None = None,
+    out: np.ndarray | None = None,
+) -> np.ndarray:
+    """Xf: spectrum of each input map placed reversed at the buffer's start; ``(*half, n*C)``
+    (written into ``out`` when given)."""
     flat = x.reshape(-1, *lay.spec.in_size)
-    return _spectrum(lay, flat, lay.x_place, True, pool)
+    want = (*lay.half_shape, flat.shape[0])
+    if out is not None and (out.shape != want or out.dtype != lay.complex_dtype):
+        raise ValueError(f"out: expected {want} {lay.complex_dtype}, got {out.shape} {out.dtype}")
+    return _spectrum(lay, flat, lay.x_place, True, pool, out)
 
 
 def weight_spectrum(lay: FFTLayout, w: np.ndarray) -> np.ndarray:

@@ -5,6 +5,7 @@ buffer, where each pass reads its result, and the spectrum buffers (frequency-ma
 
 from __future__ import annotations
 
+import collections
 import math
 import threading
 import weakref
@@ -28,6 +29,7 @@ __all__ = [
     "layout",
     "place_maps",
     "read_maps",
+    "spectrum_ld",
 ]
 
 Index = slice | np.ndarray
@@ -117,11 +119,16 @@ class FFTLayout:
         with a power-of-two stride, FFTW's strided writes hit one cache set and ran 2-5x slower
         (measured here: 40 us per 72x72 map at stride 2048, 9.4 us at stride 2056).
         """
-        ld = -(-maps // 8) * 8
-        if (ld // 8) % 2 == 0:
-            ld += 8
-        raw = pyfftw.empty_aligned((*self.half_shape, ld), dtype=self.complex_dtype, n=64)
+        raw = pyfftw.empty_aligned(
+            (*self.half_shape, spectrum_ld(maps)), dtype=self.complex_dtype, n=64
+        )
         return raw[..., :maps]
+
+
+def spectrum_ld(maps: int) -> int:
+    """The leading dimension of a spectrum buffer of ``maps`` maps: an odd multiple of 8."""
+    ld = -(-maps // 8) * 8
+    return ld + 8 if (ld // 8) % 2 == 0 else ld
 
 
 class SpectrumPool:
@@ -138,6 +145,9 @@ class SpectrumPool:
         self._whole: dict[int, tuple[weakref.ref, np.ndarray]] = {}
         self._max_free = max_free
         self._lock = threading.Lock()
+        #: buffers given back, not yet filed: giving never waits for the lock, because it runs
+        #: in finalizers, which the garbage collector may call while this thread holds it
+        self._returned: collections.deque[tuple[tuple[Any, ...], np.ndarray]] = collections.deque()
 
     def take(
         self, shape: tuple[int, ...], dtype: np.dtype, make: Callable[[], np.ndarray]
@@ -145,6 +155,7 @@ class SpectrumPool:
         """A free buffer of ``shape`` and ``dtype``, else a new one, ``make()``."""
         key = (shape, np.dtype(dtype).str)
         with self._lock:
+            self._file()
             for i in range(len(self._free) - 1, -1, -1):
                 if self._free[i][0] == key:
                     return self._free.pop(i)[1]
@@ -162,6 +173,10 @@ class SpectrumPool:
         ``make()``."""
         key = ("spectrum", half_shape, np.dtype(dtype).str)
         with self._lock:
+            self._file()
+            for k, (ref, _) in list(self._whole.items()):
+                if ref() is None:  # views that died without coming back
+                    self._whole.pop(k, None)
             fits = [i for i, (k, b) in enumerate(self._free) if k == key and b.shape[-1] >= maps]
             if fits:
                 whole = self._free.pop(min(fits, key=lambda i: self._free[i][1].shape[-1]))[1]
@@ -186,18 +201,24 @@ class SpectrumPool:
     def whole(self, buf: np.ndarray) -> np.ndarray:
         """The whole buffer behind ``buf`` if :meth:`take_spectrum` narrowed it, else a new view
         of ``buf`` (to give back later, once ``buf`` itself is garbage)."""
-        with self._lock:
-            entry = self._whole.pop(id(buf), None)
-            for key in [k for k, (ref, _) in self._whole.items() if ref() is None]:
-                del self._whole[key]  # views that died without coming back
+        entry = self._whole.pop(id(buf), None)  # atomic: no lock (see ``_returned``)
         if entry is not None and entry[0]() is buf:
             return entry[1]
         return buf.view()
 
     def _give(self, key: tuple[Any, ...], buf: np.ndarray) -> None:
-        with self._lock:
-            self._free.append((key, buf))
-            del self._free[: -self._max_free]
+        self._returned.append((key, buf))  # atomic
+        if self._lock.acquire(blocking=False):  # else the holder files it
+            try:
+                self._file()
+            finally:
+                self._lock.release()
+
+    def _file(self) -> None:
+        """Move returned buffers to the free list (the caller holds the lock)."""
+        while self._returned:
+            self._free.append(self._returned.popleft())
+        del self._free[: -self._max_free]
 
 
 def layout(spec: ConvSpec, shape: tuple[int, ...] | None = None) -> FFTLayout:

@@ -7,10 +7,12 @@
 
 Every pass of a layer is planned (:func:`fftbp.plan`) with PyTorch's own convolution as one more
 candidate, so a converted layer computes each pass by whichever of fftbp's algorithms and torch's
-native kernel is fastest. Backward reuses the spectra forward made and computes only the
-gradients autograd asks for. What is routed to torch's native convolution unchanged: tensors
-not on the CPU, dtypes other than float32/float64 (half, bfloat16, complex), and double
-backward (``create_graph=True`` raises: fftbp's backward is not itself differentiable).
+native kernel is fastest. The passes are PyTorch operators (``torch.ops.fftbp.conv_forward``,
+``conv_input_grad``, ``conv_weight_grad``), differentiable through each other, so
+``torch.compile``, ``torch.export`` and double backward work. Backward reuses the spectra
+forward made and computes only the gradients autograd asks for. What is routed to torch's
+native convolution unchanged: tensors not on the CPU and dtypes other than float32/float64
+(half, bfloat16, complex).
 Importing this module registers PyTorch's convolution with fftbp's engine as the route
 ``torch``.
 """
