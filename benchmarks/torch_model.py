@@ -19,6 +19,9 @@ untimed warm-up; reported are median times and the median of per-round ratios.
 
     python -m benchmarks.torch_model            # writes benchmarks/results/torch_model.{md,json}
     python -m benchmarks.torch_model --quick    # two small models, 3 rounds
+
+Each model is also timed compiled (``torch.compile(model, fullgraph=True)``, inductor, both
+the native and the converted one; ``--no-compile`` skips that).
 """
 
 from __future__ import annotations
@@ -103,12 +106,25 @@ def ratio(times: dict[str, list[float]], slow: str, fast: str) -> float:
     return statistics.median(a / b for a, b in zip(times[slow], times[fast]))
 
 
-def bench_model(name: str, rounds: int, per_layer: bool) -> dict[str, Any]:
+def spread(t: list[float]) -> float:
+    """Run-to-run spread of one variant: (max - min) / median over the rounds."""
+    return (max(t) - min(t)) / statistics.median(t)
+
+
+def bench_model(name: str, rounds: int, per_layer: bool, compiled: bool) -> dict[str, Any]:
     torch.manual_seed(0)
     native, x = MODELS[name]()
     converted, report = convert(copy.deepcopy(native), x)
     print(report, flush=True)
-    times = alternate({"native": iteration(native, x), "fftbp": iteration(converted, x)}, rounds)
+    calls = {"native": iteration(native, x), "fftbp": iteration(converted, x)}
+    if compiled:  # torch.compile (inductor, fullgraph) of both; compiled before timing
+        for key, model in (("native", native), ("fftbp", converted)):
+            step = iteration(torch.compile(copy.deepcopy(model), fullgraph=True), x)
+            t0 = time.perf_counter()
+            step()
+            print(f"{name}: compiled {key} in {time.perf_counter() - t0:.1f} s", flush=True)
+            calls[f"{key}+compile"] = step
+    times = alternate(calls, rounds)
     row: dict[str, Any] = {
         "model": name,
         "input": list(x.shape),
@@ -119,6 +135,21 @@ def bench_model(name: str, rounds: int, per_layer: bool) -> dict[str, Any]:
         "rounds": rounds,
         "layers": [],
     }
+    if compiled:
+        row |= {
+            "native_compiled_s": statistics.median(times["native+compile"]),
+            "fftbp_compiled_s": statistics.median(times["fftbp+compile"]),
+            "speedup_compiled": ratio(times, "native+compile", "fftbp+compile"),
+            "compiled_vs_eager": ratio(times, "fftbp+compile", "fftbp"),
+            "eager_spread": spread(times["fftbp"]),
+        }
+        print(
+            f"{name}, torch.compile: native {row['native_compiled_s'] * 1e3:.1f} ms, converted "
+            f"{row['fftbp_compiled_s'] * 1e3:.1f} ms: {row['speedup_compiled']:.2f}x; compiled "
+            f"converted / eager converted {row['compiled_vs_eager']:.3f} (eager spread "
+            f"{row['eager_spread']:.3f})",
+            flush=True,
+        )
     print(
         f"{name}: native {row['native_s'] * 1e3:.1f} ms, converted {row['fftbp_s'] * 1e3:.1f} ms "
         f"per iteration: {row['speedup']:.2f}x\n",
@@ -172,6 +203,24 @@ def table(rows: list[dict[str, Any]]) -> str:
             f"| {r['model']} | {'x'.join(map(str, r['input']))} | {len(r['converted'])} | "
             f"{r['native_s'] * 1e3:.1f} | {r['fftbp_s'] * 1e3:.1f} | {r['speedup']:.2f}x |"
         )
+    compiled = [r for r in rows if "fftbp_compiled_s" in r]
+    if compiled:
+        out += [
+            "",
+            "Under `torch.compile(model, fullgraph=True)` (inductor), both models compiled; "
+            "'compiled / eager' is compiled converted over eager converted, median of per-round "
+            "ratios, next to the eager run's spread ((max - min) / median):",
+            "",
+            "| model | native ms/iter | converted ms/iter | speedup | compiled / eager | "
+            "eager spread |",
+            "|---|---|---|---|---|---|",
+        ]
+        for r in compiled:
+            out.append(
+                f"| {r['model']} | {r['native_compiled_s'] * 1e3:.1f} | "
+                f"{r['fftbp_compiled_s'] * 1e3:.1f} | {r['speedup_compiled']:.2f}x | "
+                f"{r['compiled_vs_eager']:.3f} | {r['eager_spread']:.3f} |"
+            )
     for r in rows:
         if not r["layers"]:
             continue
@@ -217,6 +266,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="two small models, 3 rounds")
     ap.add_argument("--models", default=",".join(MODELS), help="comma-separated subset")
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile variants")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     ap.add_argument(
         "--table-from", type=Path, help="only re-print the tables of a results JSON file"
@@ -232,7 +282,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     rounds = 3 if args.quick else args.rounds
     machine = describe()
-    rows = [bench_model(n, rounds, per_layer=n == "resnet18-style") for n in names]
+    rows = [
+        bench_model(n, rounds, per_layer=n == "resnet18-style", compiled=not args.no_compile)
+        for n in names
+    ]
     text = table(rows)
     print(text)
     stem = "torch_model_quick" if args.quick else "torch_model"

@@ -88,6 +88,17 @@ def test_compile_fullgraph_trains_like_eager_and_native(backend):
         assert abs(a - b) <= 1e-5 * abs(b) and abs(a - c) <= 1e-4 * abs(c)
 
 
+def test_compile_with_dynamic_shapes_plans_each_shape():
+    """Automatic dynamic shapes (a second batch size recompiles with a symbolic batch) would
+    hand the planner a symbol: the graph is specialised on each shape instead."""
+    torch._dynamo.reset()
+    model = Net().eval()
+    compiled = torch.compile(model, fullgraph=True, dynamic=True)
+    for n in (2, 3, 2):
+        x = torch.randn(n, 3, 32, 32)
+        assert rel(compiled(x), model(x)) < 1e-6
+
+
 def test_compile_without_fullgraph_makes_one_graph():
     torch._dynamo.reset()
     from torch._dynamo.testing import CompileCounter

@@ -16,6 +16,7 @@ The module holds no state between calls besides its parameters.
 
 from __future__ import annotations
 
+import operator
 from typing import Any
 
 import torch
@@ -57,8 +58,10 @@ def _plan(
 
 
 def _ints(shape: Any) -> tuple[int, ...]:
-    """A shape as ints (``torch.jit.trace`` gives sizes as tensors; a plan is per shape)."""
-    return tuple(int(n) for n in shape)
+    """A shape as ints: a plan is per shape. ``torch.jit.trace`` gives sizes as tensors;
+    under ``torch.compile`` with dynamic shapes ``operator.index`` specialises the graph on
+    each size (``int()`` would keep it symbolic, and no plan can be made of a symbol)."""
+    return tuple(int(n) if isinstance(n, torch.Tensor) else operator.index(n) for n in shape)
 
 
 def _dual(*tensors: torch.Tensor | None) -> bool:
