@@ -63,12 +63,6 @@ class Conv:
     :meth:`forward_step`, which returns them, and ``backward(g, residuals=...)``.
     """
 
-    #: take a weight snapshot at every forward pass (it also serves :meth:`backward`'s check for
-    #: in-place changes); subclasses with their own check take one only for the weight spectrum
-    _snapshot_always = True
-    #: plan with PyTorch's convolution as a candidate (fftbp.torch's layers)
-    _native = False
-
     def __init__(
         self,
         weight: Any,
@@ -160,7 +154,6 @@ class Conv:
             self.method,
             spec,
             reuse=True,
-            native=self._native,
             tol=self.tol,
             dyn=dyn,
             passes=(Pass.FORWARD,),
@@ -175,7 +168,7 @@ class Conv:
             weight_grad=weight_grad,
             keep_x=self.tol is not None,
             copy_x=copy_x,
-            snapshot=self._snapshot_always,
+            snapshot=True,  # also serves backward's check for in-place changes
             pool=self._pool,
         )
 

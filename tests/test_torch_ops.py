@@ -187,6 +187,20 @@ def test_autocast_returns_what_native_returns(dtype):
         assert fftbp_ops(lambda: ours(x)) == ["fftbp::conv_forward"]
 
 
+def test_autocast_under_compile():
+    torch._dynamo.reset()
+    ours, native = twins(Conv2d, 4, 4, 15, padding=7, groups=4)
+    x = torch.randn(2, 4, 24, 24)
+
+    def run(m, x):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return m(x)
+
+    y = torch.compile(lambda x: run(ours, x), fullgraph=True)(x)
+    ref = run(native, x)
+    assert y.dtype == ref.dtype == torch.bfloat16 and rel(y, ref) < 2e-2
+
+
 # -- export, trace -----------------------------------------------------------------------------
 
 

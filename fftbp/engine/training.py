@@ -101,7 +101,8 @@ def same_weight(w: np.ndarray, snapshot: np.ndarray | None) -> bool:
 @dataclass(frozen=True)
 class Residuals:
     """What a forward pass keeps for its backward pass: the layer, the plan and the limit it
-    ran under, the weight it ran with (``weight``: the caller's array, which must be unchanged
+    ran under, the weight it ran with (``weight``: the caller's array, None when no input
+    gradient will be asked for, which must be unchanged
     at backward: :class:`fftbp.Conv` checks it against ``snapshot``, torch's saved tensors
     check their version), the
     snapshot its weight spectra were made from, and ``x`` or its spectrum ``xf``."""
@@ -109,7 +110,7 @@ class Residuals:
     spec: ConvSpec
     plan: Plan
     limit: int
-    weight: np.ndarray
+    weight: np.ndarray | None
     snapshot: np.ndarray | None
     x: np.ndarray | None
     xf: np.ndarray | None
@@ -233,6 +234,8 @@ def backward_train(
     fft_dw = weight_grad and routes[Pass.WEIGHT_GRAD] == _FFT and res.xf is not None
     if weight_grad and not fft_dw and res.x is None:
         raise RuntimeError("backward: the forward pass kept nothing for a weight gradient")
+    if input_grad and w is None:
+        raise RuntimeError("backward: the residuals hold no weight for an input gradient")
     dx = dw = None
     with call_settings(res.limit) as call:
         if fft_dx or fft_dw:

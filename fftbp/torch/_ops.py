@@ -40,7 +40,7 @@ import pyfftw
 import torch
 from torch import Tensor
 
-from fftbp._config import call_settings
+from fftbp._config import get_num_threads, get_workspace_limit
 from fftbp._params import PASSES, ConvSpec
 from fftbp.engine import SpectrumPool, WeightSpectra, backward_train, forward_train
 from fftbp.engine.training import Residuals, keeps_spectrum, spectrum_buffer
@@ -55,11 +55,14 @@ __all__ = ["conv_forward", "conv_input_grad", "conv_weight_grad", "decode", "enc
 
 def encode(plan: Plan) -> str:
     """The operators' ``plan`` argument: the layer, each pass's route, the memory limit and
-    whether forward keeps the input spectrum (decided here, under the threads and limit now in
-    force, so that the fake implementation knows the outputs)."""
+    whether forward keeps the input spectrum (decided here, under the thread count and limit
+    now in force, so that the fake implementation knows the outputs)."""
+    return _encode(plan, get_num_threads(), _limit(plan))
+
+
+@lru_cache(maxsize=512)
+def _encode(plan: Plan, threads: int, limit: int) -> str:
     s = plan.spec
-    with call_settings(plan.memory_limit) as call:
-        keep = keeps_spectrum(plan, call.threads, call.limit)
     return json.dumps(
         {
             "shapes": [list(s.input_shape), list(s.weight_shape)],
@@ -70,7 +73,7 @@ def encode(plan: Plan) -> str:
             "dtype": s.dtype.name,
             "routes": [plan.choice(p).route.to_json() for p in PASSES],
             "limit": plan.memory_limit,
-            "keep": keep,
+            "keep": keeps_spectrum(plan, threads, limit),
         },
         separators=(",", ":"),
     )
@@ -221,7 +224,8 @@ def conv_weight_grad(grad_output: Tensor, x: Tensor, spectrum: Tensor, plan: str
     if spectrum.numel():
         _check("spectrum", spectrum, _spectrum_meta(spec), spec)
         xf = _spectrum_array(spec, spectrum)
-    res = Residuals(spec, p, _limit(p), None, None, None if xf is not None else _numpy(x), xf)  # type: ignore[arg-type]
+    x_kept = None if xf is not None else _numpy(x)
+    res = Residuals(spec, p, _limit(p), None, None, x_kept, xf)
     _, dw = backward_train(res, _numpy(grad_output), WeightSpectra(), input_grad=False)
     return torch.from_numpy(dw)
 
@@ -232,8 +236,8 @@ def _(grad_output: Tensor, x: Tensor, spectrum: Tensor, plan: str) -> Tensor:
 
 
 def _limit(p: Plan) -> int:
-    with call_settings(p.memory_limit) as call:
-        return call.limit
+    """The workspace limit a call under ``p`` runs with (:func:`fftbp._config.call_settings`)."""
+    return p.memory_limit if p.memory_limit is not None else get_workspace_limit()
 
 
 # -- autograd: every derivative is one of the three operators ------------------------------------
