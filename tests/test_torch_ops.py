@@ -187,6 +187,14 @@ def test_autocast_returns_what_native_returns(dtype):
         assert fftbp_ops(lambda: ours(x)) == ["fftbp::conv_forward"]
 
 
+def test_autocast_leaves_a_float64_layer_in_float64():
+    ours, native = twins(Conv2d, 2, 2, 9, dtype=F64, padding=4)
+    x = torch.randn(1, 2, 16, 16, dtype=F64)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y, ref = ours(x), native(x)
+    assert y.dtype == ref.dtype == F64 and rel(y, ref) < 1e-12
+
+
 def test_autocast_under_compile():
     torch._dynamo.reset()
     ours, native = twins(Conv2d, 4, 4, 15, padding=7, groups=4)
@@ -236,6 +244,16 @@ def test_vmap_without_grad_works():
     xs = torch.randn(3, 2, 4, 16, 16)
     assert fftbp_ops(lambda: torch.func.vmap(ours)(xs)) == ["fftbp::conv_forward"]
     assert rel(torch.func.vmap(ours)(xs), torch.func.vmap(native)(xs)) < 1e-5
+
+
+@pytest.mark.parametrize("in_dims", [0, 2])
+def test_vmap_over_non_contiguous_samples(in_dims):
+    ours, native = twins(Conv2d, 4, 4, 9, padding=4)
+    xs = torch.randn(2, 4, 3, 16, 16) if in_dims == 2 else torch.randn(3, 2, 4, 16, 16)
+    if in_dims == 0:
+        xs = xs.transpose(-1, -2)
+    got = torch.func.vmap(ours, in_dims=in_dims)(xs)
+    assert rel(got, torch.func.vmap(native, in_dims=in_dims)(xs)) < 1e-5
 
 
 @pytest.mark.parametrize("transform", ["grad", "vmap_grad", "jvp", "forward_ad"])
@@ -325,6 +343,15 @@ def test_channels_last_3d_in_gives_channels_last_3d_out():
     assert rel(y, native(x)) < 1e-5
 
 
+def test_channels_last_weight_gives_channels_last_output():
+    ours, native = twins(Conv2d, 4, 4, 9, padding=4)
+    ours, native = (m.to(memory_format=torch.channels_last) for m in (ours, native))
+    x = torch.randn(2, 4, 16, 16)  # contiguous
+    y, ref = ours(x), native(x)
+    assert ref.is_contiguous(memory_format=torch.channels_last)
+    assert y.is_contiguous(memory_format=torch.channels_last) and rel(y, ref) < 1e-5
+
+
 def test_operators_check_their_arguments():
     ours, _ = twins(Conv2d, 2, 2, 5, padding=2)
     x = torch.randn(1, 2, 8, 8)
@@ -333,6 +360,8 @@ def test_operators_check_their_arguments():
     )
     with pytest.raises(ValueError, match=r"input: expected shape \(1, 2, 8, 8\) and float32"):
         torch.ops.fftbp.conv_forward(x[:, :1], ours.weight, None, plan, False)
+    with pytest.raises(ValueError, match=r"bias: expected shape \(2,\) and float32"):
+        torch.ops.fftbp.conv_forward(x, ours.weight, ours.bias.double(), plan, False)
     with pytest.raises(ValueError, match="plan: not a plan"):
         torch.ops.fftbp.conv_forward(x, ours.weight, None, "{}", False)
     with OpLog() as log:

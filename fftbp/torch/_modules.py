@@ -73,16 +73,25 @@ def _dual(*tensors: torch.Tensor | None) -> bool:
     return any(t is not None and forward_ad.unpack_dual(t).tangent is not None for t in tensors)
 
 
-def _grad_transforms_active() -> bool:
-    """Whether a ``torch.func`` transform that differentiates (grad, vjp, jacrev, jvp, ...) is
-    running: fftbp's operators have an autograd formula, not a functorch one."""
+def _transforms() -> set[Any]:
+    """The ``torch.func`` transforms running (``TransformType`` values; none when compiling)."""
     if torch.compiler.is_compiling():
-        return False
-    from torch._C._functorch import TransformType
+        return set()
     from torch._functorch.pyfunctorch import retrieve_all_functorch_interpreters
 
-    kinds = {i.key() for i in retrieve_all_functorch_interpreters()}
+    return {i.key() for i in retrieve_all_functorch_interpreters()}
+
+
+def _grad_transforms_active(kinds: set[Any]) -> bool:
+    """Whether a transform that differentiates (grad, vjp, jacrev, jvp, ...) is among ``kinds``:
+    fftbp's operators have an autograd formula, not a functorch one."""
+    from torch._C._functorch import TransformType
+
     return bool(kinds & {TransformType.Grad, TransformType.Jvp})
+
+
+def _channels_last(t: torch.Tensor, nd: int) -> bool:
+    return nd > 1 and not t.is_contiguous() and t.is_contiguous(memory_format=_LAST[nd])
 
 
 class _FFTBPConv(nn.Module):
@@ -112,7 +121,8 @@ class _FFTBPConv(nn.Module):
         if not _supported(input, weight) or input.numel() == 0:
             # documented: torch computes it (an empty batch too: empty output and gradients)
             return super()._conv_forward(input, weight, bias)
-        if _grad_transforms_active() or _dual(input, weight, bias):
+        kinds = _transforms()
+        if _grad_transforms_active(kinds) or _dual(input, weight, bias):
             raise RuntimeError(
                 f"fftbp.torch.{type(self).__name__}: forward-mode AD and torch.func transforms "
                 "that differentiate (grad, vjp, jacrev, jvp) are not supported by fftbp's "
@@ -149,11 +159,9 @@ class _FFTBPConv(nn.Module):
         grad_mode = torch.is_grad_enabled() or torch.jit.is_tracing()
         keep = bool(grad_mode and weight.requires_grad)
         y = torch.ops.fftbp.conv_forward(input, weight, bias, plan, keep)[0]
-        if (
-            self._nd > 1
-            and not input.is_contiguous()
-            and input.is_contiguous(memory_format=_LAST[self._nd])
-        ):  # channels_last in, channels_last out, as native
+        if not kinds and (_channels_last(input, self._nd) or _channels_last(weight, self._nd)):
+            # channels_last input or weight, channels_last out, as native (under vmap layouts
+            # cannot be queried, and native's output layout there is its batching rule's)
             y = y.contiguous(memory_format=_LAST[self._nd])
         return y.squeeze(0) if unbatched else y
 

@@ -174,6 +174,8 @@ def conv_forward(
     spec, p, keeps = decode(plan)
     _check("input", x, spec.input_shape, spec)
     _check("weight", weight, spec.weight_shape, spec)
+    if bias is not None:
+        _check("bias", bias, (spec.out_channels,), spec)
     wn = _numpy(weight)
     bn = None if bias is None else _numpy(bias)
     if keep_spectrum and keeps:
@@ -307,7 +309,8 @@ def _autocast_forward(
     keys = torch._C.DispatchKeySet(torch._C.DispatchKey.AutocastCPU)
     with torch._C._ExcludeDispatchKeyGuard(keys):
         y, xf = conv_forward(x, weight, bias, plan, keep_spectrum)
-    return y.to(dtype), xf
+    # autocast lowers float32 only: a float64 layer stays float64, as native
+    return (y.to(dtype) if x.dtype == torch.float32 else y), xf
 
 
 torch.library.impl("fftbp::conv_forward", "AutocastCPU")(_autocast_forward)
