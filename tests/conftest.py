@@ -6,6 +6,9 @@ import pytest
 
 # measured plans and wisdom go to a throwaway cache directory, never the user's
 os.environ["FFTBP_CACHE_DIR"] = tempfile.mkdtemp(prefix="fftbp-tests-")
+# torch.compile's on-disk caches keep the autograd formulas that were traced: a run must see
+# the operators' current ones, never graphs cached by an earlier version of the code
+os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="fftbp-tests-inductor-")
 
 import fftbp
 

@@ -381,6 +381,10 @@ def test_no_input_grad_when_nobody_asks():
         layer(x).sum().backward()
     assert log.calls == ["conv_forward", "conv_input_grad"]
     assert layer.bias.grad is not None
+    layer.weight.requires_grad_(True)
+    with OpLog() as log:  # both: one call transforms grad_output once for the two
+        layer(x).sum().backward()
+    assert log.calls == ["conv_forward", "conv_backward"]
 
 
 def test_unbatched_input_and_no_grad():

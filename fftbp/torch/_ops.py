@@ -7,6 +7,9 @@
     Dx(g, w) = J_x^T g, J_x the Jacobian of F(., w).
 ``fftbp::conv_weight_grad(grad_output, x, spectrum, plan) -> grad_weight``
     Dw(x, g) = J_w^T g, J_w the Jacobian of F(x, .); from ``spectrum`` when it is not empty.
+``fftbp::conv_backward(grad_output, x, weight, spectrum, plan) -> (grad_input, grad_weight)``
+    Both in one call, which transforms grad_output once for the two (what backward calls when
+    autograd asks for both).
 
 F, Dx and Dw are bilinear, so every derivative is one of them (as for torch's own
 ``convolution_backward``); for upstream gradients g (of y), u (of Dx) and v (of Dw)::
@@ -47,7 +50,14 @@ from fftbp.engine.training import Residuals, keeps_spectrum, spectrum_buffer
 from fftbp.planning.decision import Choice, Plan
 from fftbp.planning.routes import Route
 
-__all__ = ["conv_forward", "conv_input_grad", "conv_weight_grad", "decode", "encode"]
+__all__ = [
+    "conv_backward",
+    "conv_forward",
+    "conv_input_grad",
+    "conv_weight_grad",
+    "decode",
+    "encode",
+]
 
 
 # -- the plan as a plain value ----------------------------------------------------------------
@@ -237,6 +247,33 @@ def _(grad_output: Tensor, x: Tensor, spectrum: Tensor, plan: str) -> Tensor:
     return grad_output.new_empty(decode(plan)[0].weight_shape)
 
 
+@torch.library.custom_op("fftbp::conv_backward", mutates_args=(), device_types="cpu")
+def conv_backward(
+    grad_output: Tensor, x: Tensor, weight: Tensor, spectrum: Tensor, plan: str
+) -> tuple[Tensor, Tensor]:
+    """(Dx(g, w), Dw(x, g)) in one call: grad_output's spectrum is made once for both."""
+    spec, p, _ = decode(plan)
+    _check("grad_output", grad_output, spec.output_shape, spec)
+    _check("x", x, spec.input_shape, spec)
+    _check("weight", weight, spec.weight_shape, spec)
+    xf = None
+    if spectrum.numel():
+        _check("spectrum", spectrum, _spectrum_meta(spec), spec)
+        xf = _spectrum_array(spec, spectrum)
+    x_kept = None if xf is not None else _numpy(x)
+    res = Residuals(spec, p, _limit(p), _numpy(weight), None, x_kept, xf)
+    dx, dw = backward_train(res, _numpy(grad_output), _weight_spectra(weight))
+    return torch.from_numpy(dx), torch.from_numpy(dw)
+
+
+@conv_backward.register_fake
+def _(
+    grad_output: Tensor, x: Tensor, weight: Tensor, spectrum: Tensor, plan: str
+) -> tuple[Tensor, Tensor]:
+    spec = decode(plan)[0]
+    return grad_output.new_empty(spec.input_shape), grad_output.new_empty(spec.weight_shape)
+
+
 def _limit(p: Plan) -> int:
     """The workspace limit a call under ``p`` runs with (:func:`fftbp._config.call_settings`)."""
     return p.memory_limit if p.memory_limit is not None else get_workspace_limit()
@@ -259,8 +296,11 @@ def _setup_forward(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, Tens
 def _backward_forward(ctx: Any, g: Tensor, _: Tensor) -> tuple[Tensor | None, ...]:
     x, weight, spectrum = ctx.saved_tensors
     need_x, need_w, need_b = ctx.needs_input_grad[:3]
-    dx = conv_input_grad(g, weight, ctx.plan) if need_x else None
-    dw = conv_weight_grad(g, x, spectrum, ctx.plan) if need_w else None
+    if need_x and need_w:
+        dx, dw = conv_backward(g, x, weight, spectrum, ctx.plan)
+    else:
+        dx = conv_input_grad(g, weight, ctx.plan) if need_x else None
+        dw = conv_weight_grad(g, x, spectrum, ctx.plan) if need_w else None
     return dx, dw, _bias_grad(g) if need_b else None, None, None
 
 
@@ -292,7 +332,34 @@ def _backward_weight_grad(ctx: Any, v: Tensor) -> tuple[Tensor | None, ...]:
     return dg, dx, None, None
 
 
+def _setup_backward(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, Tensor]) -> None:
+    g, x, weight, _, plan = inputs
+    ctx.save_for_backward(g, x, weight)
+    ctx.plan = plan
+    ctx.set_materialize_grads(False)  # a gradient nobody used stays None: no work for it
+
+
+def _backward_backward(ctx: Any, u: Tensor | None, v: Tensor | None) -> tuple[Any, ...]:
+    """Upstream u of Dx(g, w) and v of Dw(x, g): the sum of the two formulas above."""
+    g, x, weight = ctx.saved_tensors
+    need_g, need_x, need_w = ctx.needs_input_grad[:3]
+    dg = dx = dw = None
+    if need_g:
+        parts = []
+        if u is not None:
+            parts.append(conv_forward(u, weight, None, ctx.plan, False)[0])
+        if v is not None:
+            parts.append(conv_forward(x, v, None, ctx.plan, False)[0])
+        dg = sum(parts[1:], parts[0]) if parts else None
+    if need_x and v is not None:
+        dx = conv_input_grad(g, v, ctx.plan)
+    if need_w and u is not None:
+        dw = conv_weight_grad(g, u, u.new_empty(0), ctx.plan)
+    return dg, dx, dw, None, None
+
+
 conv_forward.register_autograd(_backward_forward, setup_context=_setup_forward)
+conv_backward.register_autograd(_backward_backward, setup_context=_setup_backward)
 conv_input_grad.register_autograd(_backward_input_grad, setup_context=_setup_input_grad)
 conv_weight_grad.register_autograd(_backward_weight_grad, setup_context=_setup_weight_grad)
 
@@ -338,3 +405,4 @@ def _vmap_rule(op: Any, n_out: int) -> Any:
 conv_forward.register_vmap(_vmap_rule(conv_forward, 2))
 conv_input_grad.register_vmap(_vmap_rule(conv_input_grad, 1))
 conv_weight_grad.register_vmap(_vmap_rule(conv_weight_grad, 1))
+conv_backward.register_vmap(_vmap_rule(conv_backward, 2))
