@@ -267,6 +267,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--models", default=",".join(MODELS), help="comma-separated subset")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile variants")
+    ap.add_argument(
+        "--no-layout-optimization",
+        action="store_true",
+        help="compile with torch._inductor.config.layout_optimization = False (inductor then "
+        "keeps NCHW instead of converting the graph to channels_last around fftbp's operators)",
+    )
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     ap.add_argument(
         "--table-from", type=Path, help="only re-print the tables of a results JSON file"
@@ -281,7 +287,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"--models: unknown {unknown}, expected names from {list(MODELS)}", file=sys.stderr)
         return 2
     rounds = 3 if args.quick else args.rounds
-    machine = describe()
+    if args.no_layout_optimization:
+        import torch._inductor.config
+
+        torch._inductor.config.layout_optimization = False
+    machine = describe() | {"inductor_layout_optimization": not args.no_layout_optimization}
     rows = [
         bench_model(n, rounds, per_layer=n == "resnet18-style", compiled=not args.no_compile)
         for n in names
@@ -289,6 +299,8 @@ def main(argv: list[str] | None = None) -> int:
     text = table(rows)
     print(text)
     stem = "torch_model_quick" if args.quick else "torch_model"
+    if args.no_layout_optimization:
+        stem += "_no_layout_opt"
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{stem}.json").write_text(json.dumps({"machine": machine, "rows": rows}, indent=1))
     title = "# fftbp.torch: training iterations, converted vs native"

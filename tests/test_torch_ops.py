@@ -367,3 +367,16 @@ def test_operators_check_their_arguments():
     with OpLog() as log:
         torch.ops.fftbp.conv_forward(x, ours.weight, None, plan, False)
     assert log.calls == ["conv_forward"]
+
+
+def test_plan_strings_carry_the_operators_source_digest():
+    """Compiled graphs hold the plan string, so torch.compile's caches see a new key whenever
+    the operators' autograd formulas change (a stale cached backward ran the old formulas)."""
+    import hashlib
+    from pathlib import Path
+
+    from fftbp.torch import _modules, _ops
+
+    digest = hashlib.sha256(Path(_ops.__file__).read_bytes()).hexdigest()[:16]
+    plan = _modules._plan((1, 2, 8, 8), (2, 2, 5, 5), (1, 1), (2, 2), (1, 1), 1, "float32", "fft")
+    assert f'"source":"{digest}"' in plan

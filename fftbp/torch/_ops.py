@@ -31,11 +31,13 @@ calls: a memoised spectrum is read-only, a pooled buffer belongs to one tensor u
 
 from __future__ import annotations
 
+import hashlib
 import json
 import threading
 import weakref
 from collections import OrderedDict
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -70,6 +72,12 @@ def encode(plan: Plan) -> str:
     return _encode(plan, get_num_threads(), _limit(plan))
 
 
+#: a digest of this file: part of every plan string, hence of every graph that holds one, so
+#: that torch.compile's on-disk caches (keyed on the graph, not on a custom operator's Python
+#: code) never serve a backward graph traced from formulas that have since changed
+_SOURCE = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:16]
+
+
 @lru_cache(maxsize=512)
 def _encode(plan: Plan, threads: int, limit: int) -> str:
     s = plan.spec
@@ -84,6 +92,7 @@ def _encode(plan: Plan, threads: int, limit: int) -> str:
             "routes": [plan.choice(p).route.to_json() for p in PASSES],
             "limit": plan.memory_limit,
             "keep": keeps_spectrum(plan, threads, limit),
+            "source": _SOURCE,
         },
         separators=(",", ":"),
     )
@@ -122,6 +131,10 @@ def _check(name: str, t: Tensor, shape: tuple[int, ...], spec: ConvSpec) -> None
 
 
 _DTYPE = {"float32": torch.float32, "float64": torch.float64}
+
+#: the kernels read and write contiguous (NCHW) arrays: inductor is told so, and converts in its
+#: own kernels what its channels_last layout optimisation made channels_last (docs/torch.md)
+_TAGS = (torch.Tag.needs_contiguous_strides,)
 
 
 # -- state between calls: memoised weight spectra, pooled spectrum buffers -------------------
@@ -176,7 +189,7 @@ def _spectrum_array(spec: ConvSpec, t: Tensor) -> np.ndarray:
 # -- the operators -------------------------------------------------------------------------------
 
 
-@torch.library.custom_op("fftbp::conv_forward", mutates_args=(), device_types="cpu")
+@torch.library.custom_op("fftbp::conv_forward", mutates_args=(), device_types="cpu", tags=_TAGS)
 def conv_forward(
     x: Tensor, weight: Tensor, bias: Tensor | None, plan: str, keep_spectrum: bool
 ) -> tuple[Tensor, Tensor]:
@@ -208,7 +221,7 @@ def _(
     return y, x.new_empty(_spectrum_meta(spec) if keep_spectrum and keeps else (0,))
 
 
-@torch.library.custom_op("fftbp::conv_input_grad", mutates_args=(), device_types="cpu")
+@torch.library.custom_op("fftbp::conv_input_grad", mutates_args=(), device_types="cpu", tags=_TAGS)
 def conv_input_grad(grad_output: Tensor, weight: Tensor, plan: str) -> Tensor:
     """Dx(g, w): the gradient of F's input for grad_output g."""
     spec, p, _ = decode(plan)
@@ -225,7 +238,7 @@ def _(grad_output: Tensor, weight: Tensor, plan: str) -> Tensor:
     return grad_output.new_empty(decode(plan)[0].input_shape)
 
 
-@torch.library.custom_op("fftbp::conv_weight_grad", mutates_args=(), device_types="cpu")
+@torch.library.custom_op("fftbp::conv_weight_grad", mutates_args=(), device_types="cpu", tags=_TAGS)
 def conv_weight_grad(grad_output: Tensor, x: Tensor, spectrum: Tensor, plan: str) -> Tensor:
     """Dw(x, g): the gradient of F's weight for grad_output g (from ``spectrum``, the kept
     spectrum of ``x``, when it is not empty)."""
@@ -247,7 +260,7 @@ def _(grad_output: Tensor, x: Tensor, spectrum: Tensor, plan: str) -> Tensor:
     return grad_output.new_empty(decode(plan)[0].weight_shape)
 
 
-@torch.library.custom_op("fftbp::conv_backward", mutates_args=(), device_types="cpu")
+@torch.library.custom_op("fftbp::conv_backward", mutates_args=(), device_types="cpu", tags=_TAGS)
 def conv_backward(
     grad_output: Tensor, x: Tensor, weight: Tensor, spectrum: Tensor, plan: str
 ) -> tuple[Tensor, Tensor]:
