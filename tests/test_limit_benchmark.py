@@ -1,0 +1,28 @@
+"""benchmarks/limit.py runs end to end on a tiny layer, and its Amdahl arithmetic holds."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from benchmarks import limit
+
+
+def test_limit_benchmark_on_a_tiny_layer(tmp_path, monkeypatch):
+    monkeypatch.setattr(limit, "LAYERS", {"tiny": ((1, 2, 12, 12), (2, 2, 5, 5), 2, 1)})
+    monkeypatch.setattr(limit, "QUICK", ["tiny"])
+    monkeypatch.setattr(limit, "sample", lambda fn, reps=1: (fn(), 1e-3)[1])
+    assert limit.main(["--quick", "--out", str(tmp_path)]) == 0
+    row = json.loads((tmp_path / "limit_quick.json").read_text())["rows"][0]
+    assert row["limit_s"] == pytest.approx(row["transforms_s"] + row["products_s"])
+    assert row["fftbp_over_limit"] == pytest.approx(row["fftbp_s"] / row["limit_s"])
+    # equal times with 1 and with p threads: everything serial
+    assert row["serial_fraction"] == 1.0 and row["projected_16"] == pytest.approx(1.0)
+    assert "| tiny |" in (tmp_path / "limit_quick.md").read_text()
+
+
+def test_transforms_time_is_positive_and_grows_with_the_maps():
+    small = limit.transforms_time((16, 16), 8, 8, 1)
+    large = limit.transforms_time((16, 16), 8000, 8000, 1)
+    assert 0 < small < large
