@@ -19,7 +19,9 @@ The limit is that of whole-map transforms; where the planner picks another route
 large maps, direct for small kernels) the ``routes`` column says so, and the ratio compares
 with whole-map transforms all the same. Long 1D layers (depthwise, causal, kernel as long as
 the sequence) are also timed against the ``torch.fft`` autograd code such users write
-(``irfft(rfft(u, 2L) * rfft(k, 2L))[:L]``), when torch is installed.
+(``irfft(rfft(u, 2L) * rfft(k, 2L))[:L]``), when torch is installed: in a block of rounds of
+its own after fftbp's, because torch's OpenMP threads, spinning after a torch call, slowed an
+fftbp call right after it by up to 2x (the ratio is then one of medians).
 
 Protocol as ``benchmarks/layers.py``: medians of ``--rounds`` samples, each after a 0.25 s pause
 and one untimed call; variants alternate. Issue 13 uses it.
@@ -196,8 +198,9 @@ def measure(name: str, rounds: int, rate: float) -> dict[str, Any]:
         finally:
             fftbp.set_num_threads(threads)
         t_whole.append(sample(whole))
-        if reference is not None:
-            t_ref.append(sample(reference))
+    if reference is not None:  # after fftbp's rounds: torch's OpenMP threads, still spinning
+        # after a torch call, slowed the next fftbp call by up to 2x when interleaved
+        t_ref = [sample(reference) for _ in range(rounds)]
     row["fftbp_s"] = statistics.median(t_all)
     row["one_thread_s"] = statistics.median(t_one)
     row["whole_map_fft_s"] = statistics.median(t_whole)
@@ -212,7 +215,7 @@ def measure(name: str, rounds: int, rate: float) -> dict[str, Any]:
     row["fftbp_over_limit"] = row["fftbp_s"] / row["limit_s"]
     if t_ref:
         row["torch_fft_s"] = statistics.median(t_ref)
-        row["torch_fft_over_fftbp"] = statistics.median(a / b for a, b in zip(t_ref, t_all))
+        row["torch_fft_over_fftbp"] = row["torch_fft_s"] / row["fftbp_s"]
     return row
 
 
