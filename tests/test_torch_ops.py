@@ -380,3 +380,30 @@ def test_plan_strings_carry_the_operators_source_digest():
     digest = hashlib.sha256(Path(_ops.__file__).read_bytes()).hexdigest()[:16]
     plan = _modules._plan((1, 2, 8, 8), (2, 2, 5, 5), (1, 1), (2, 2), (1, 1), 1, "float32", "fft")
     assert f'"source":"{digest}"' in plan
+
+
+def _child_runs_layer(queue) -> None:  # module level: a fork start method target
+    torch.set_num_threads(1)  # as DataLoader workers do: libgomp's threads do not survive fork
+    ours, native = twins(Conv2d, 2, 2, 9, padding=4)
+    x = torch.randn(1, 2, 16, 16)
+    queue.put(rel(ours(x), native(x)))
+
+
+def test_fork_while_the_weight_memo_lock_is_held():
+    """A fork taken while another thread holds the operators' locks (an inference server that
+    also forks workers): the child resets them instead of waiting forever."""
+    import multiprocessing as mp
+
+    from fftbp.torch import _ops
+
+    ctx = mp.get_context("fork")
+    queue = ctx.Queue()
+    with _ops._weights_lock, _ops._pool._lock:
+        child = ctx.Process(target=_child_runs_layer, args=(queue,))
+        child.start()
+    child.join(timeout=60)
+    alive = child.is_alive()
+    if alive:
+        child.kill()
+    assert not alive and child.exitcode == 0
+    assert queue.get(timeout=5) < 1e-5

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import threading
 import weakref
 from collections import OrderedDict
@@ -144,6 +145,16 @@ MAX_WEIGHTS = 64
 _weights: OrderedDict[tuple[Any, ...], WeightSpectra] = OrderedDict()
 _weights_lock = threading.Lock()
 _pool = SpectrumPool()
+
+
+def _reset_after_fork() -> None:
+    """A forked child (DataLoader workers) starts with fresh state: a lock held by another
+    thread of the parent at fork time would never be released in the child."""
+    global _weights, _weights_lock, _pool
+    _weights, _weights_lock, _pool = OrderedDict(), threading.Lock(), SpectrumPool()
+
+
+os.register_at_fork(after_in_child=_reset_after_fork)
 
 
 def _weight_spectra(w: Tensor) -> WeightSpectra:
