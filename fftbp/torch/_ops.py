@@ -197,6 +197,18 @@ def _spectrum_array(spec: ConvSpec, t: Tensor) -> np.ndarray:
     return buf if spec.is_depthwise else buf[..., : spec.batch * spec.in_channels]
 
 
+def _input_or_spectrum(
+    spec: ConvSpec, x: Tensor, spectrum: Tensor
+) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """What a weight gradient reads, checked: ``(None, Xf)`` from a kept spectrum, else
+    ``(x, None)``."""
+    _check("x", x, spec.input_shape, spec)
+    if spectrum.numel():
+        _check("spectrum", spectrum, _spectrum_meta(spec), spec)
+        return None, _spectrum_array(spec, spectrum)
+    return _numpy(x), None
+
+
 # -- the operators -------------------------------------------------------------------------------
 
 
@@ -255,12 +267,7 @@ def conv_weight_grad(grad_output: Tensor, x: Tensor, spectrum: Tensor, plan: str
     spectrum of ``x``, when it is not empty)."""
     spec, p, _ = decode(plan)
     _check("grad_output", grad_output, spec.output_shape, spec)
-    _check("x", x, spec.input_shape, spec)
-    xf = None
-    if spectrum.numel():
-        _check("spectrum", spectrum, _spectrum_meta(spec), spec)
-        xf = _spectrum_array(spec, spectrum)
-    x_kept = None if xf is not None else _numpy(x)
+    x_kept, xf = _input_or_spectrum(spec, x, spectrum)
     res = Residuals(spec, p, _limit(p), None, None, x_kept, xf)
     _, dw = backward_train(res, _numpy(grad_output), WeightSpectra(), input_grad=False)
     return torch.from_numpy(dw)
@@ -278,13 +285,8 @@ def conv_backward(
     """(Dx(g, w), Dw(x, g)) in one call: grad_output's spectrum is made once for both."""
     spec, p, _ = decode(plan)
     _check("grad_output", grad_output, spec.output_shape, spec)
-    _check("x", x, spec.input_shape, spec)
     _check("weight", weight, spec.weight_shape, spec)
-    xf = None
-    if spectrum.numel():
-        _check("spectrum", spectrum, _spectrum_meta(spec), spec)
-        xf = _spectrum_array(spec, spectrum)
-    x_kept = None if xf is not None else _numpy(x)
+    x_kept, xf = _input_or_spectrum(spec, x, spectrum)
     res = Residuals(spec, p, _limit(p), _numpy(weight), None, x_kept, xf)
     dx, dw = backward_train(res, _numpy(grad_output), _weight_spectra(weight))
     return torch.from_numpy(dx), torch.from_numpy(dw)
