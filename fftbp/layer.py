@@ -25,6 +25,7 @@ from fftbp.engine.training import (
     Residuals,
     WeightSpectra,
     backward_train,
+    equal_values,
     forward_train,
     same_weight,
 )
@@ -199,7 +200,8 @@ class Conv:
                 f"residuals: made by a forward pass of another layer ({describe_spec(s)}); "
                 "pass the residuals of this layer's forward_step"
             )
-        if res.snapshot is not None and not same_weight(self._weight, res.snapshot):
+        w, snap = self._weight, res.snapshot
+        if snap is not None and not (same_weight(w, snap) or equal_values(w, snap)):
             raise RuntimeError(
                 "backward: the weight array was modified in place after forward(); "
                 "the gradients of that forward pass are no longer defined; "

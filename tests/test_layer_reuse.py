@@ -102,3 +102,24 @@ def test_gradients_not_requested_are_not_computed(rng):
     _, i1 = _counts()
     assert grads.input is None and grads.weight is not None
     assert i1 - i0 == w.shape[0] * w.shape[1]  # only the weight gradient's inverse transforms
+
+
+def test_weight_compared_bit_for_bit_then_by_value(rng):
+    """The weight check compares bits (fast); a change of bits that leaves every value equal
+    (-0.0 -> 0.0) is not an error at backward, and its gradients are right; a NaN left in
+    place is no change; any change of value is caught, NaN included."""
+    x = rng.standard_normal((1, 2, 10, 10))
+    w = rng.standard_normal((2, 2, 3, 3))
+    w[0, 0, 0, 0] = -0.0
+    layer = fftbp.Conv(w, padding=1, method="fft")
+    g = rng.standard_normal(layer.forward(x).shape)
+    w[0, 0, 0, 0] = 0.0
+    dx = layer.backward(g).input
+    assert relative_error(dx, reference_input_grad(x.shape, w, g, padding=1)) < 1e-12
+    w[1, 1, 1, 1] = np.nan
+    layer.forward(x)
+    assert np.isnan(layer.backward(g).input[:, 1]).all()  # unchanged NaN: no error
+    layer.forward(x)
+    w[1, 1, 1, 1] = 0.5  # NaN -> number is a change
+    with pytest.raises(RuntimeError, match="modified in place after forward"):
+        layer.backward(g)
