@@ -229,9 +229,33 @@ def pick(
 
 
 def estimate_plan(spec: ConvSpec, ask: Ask) -> Plan:
-    """The estimate-mode plan (uncached)."""
+    """The estimate-mode plan (uncached).
+
+    Passes are chosen in order, each the fastest given the spectra earlier passes made
+    (``ask.reuse``). Chosen alone, a forward pass by whole-map FFT pays for the spectra the
+    gradients then reuse, so a route that is cheaper for forward alone can make the step
+    dearer (dense k15: tiles chosen at 2x the whole-map step's time); with ``reuse`` the step
+    with forward by whole-map FFT is costed too, and the cheaper step wins."""
     k = constants()
     routes = candidate_routes(spec, ask.native, wide=ask.tol is not None)
+    choices, notes = _choose(spec, ask, routes, k)
+    if ask.reuse and choices[Pass.FORWARD].route != Route("fft"):
+        alt = _choose(spec, ask, routes, k, forward=Route("fft"))
+        if alt is not None and _total(alt[0]) < _total(choices):
+            choices, notes = alt
+    return make_plan(spec, "estimate", choices, ask, notes=tuple(notes))
+
+
+def _total(choices: dict[Pass, Choice]) -> float:
+    return sum(c.seconds for c in choices.values())
+
+
+def _choose(
+    spec: ConvSpec, ask: Ask, routes: list[Route], k: Constants, forward: Route | None = None
+) -> tuple[dict[Pass, Choice], list[str]] | None:
+    """Each pass's choice in order, and the planner's notes. ``forward``: the forward pass
+    takes that route (the others stay its runners-up); None when the route is not accurate
+    enough or its least workspace exceeds the limit."""
     chosen: dict[Pass, Route] = {}
     choices: dict[Pass, Choice] = {}
     notes: list[str] = []
@@ -245,10 +269,19 @@ def estimate_plan(spec: ConvSpec, ask: Ask) -> Plan:
             c = estimate(r, spec, pass_, k, have, ask.threads)
             costs.append((r, c.seconds, c))
             errors[r] = err
-        (route, sec, nbytes), runner = pick(costs, ask, spec, pass_)
-        chosen[pass_] = route
-        choices[pass_] = Choice(route, sec, nbytes, runner, error=errors[route])
-    return make_plan(spec, "estimate", choices, ask, notes=tuple(notes))
+        if forward is not None and pass_ == Pass.FORWARD:
+            mine = [c for c in costs if c[0] == forward and c[2].min_bytes <= ask.limit]
+            if not mine:
+                return None
+            route, sec, cost = mine[0]
+            others = sorted((c for c in costs if c[0] != forward), key=lambda c: c[1])
+            runner = (others[0][0], others[0][1]) if others else None
+            picked = (route, sec, cost.bytes_within(ask.limit))
+        else:
+            picked, runner = pick(costs, ask, spec, pass_)
+        chosen[pass_] = picked[0]
+        choices[pass_] = Choice(*picked, runner, error=errors[picked[0]])
+    return choices, notes
 
 
 def forced_plan(spec: ConvSpec, algorithm: str, memory_limit: int | None = None) -> Plan:
