@@ -44,7 +44,7 @@ import numpy as np
 from fftbp._config import get_num_threads, parallel_for, timed
 from fftbp._params import Pass
 from fftbp.fft import irfft_batch, rfft_batch
-from fftbp.fft.plans import prepare_irfft
+from fftbp.fft.plans import prepare_irfft, prunes
 from fftbp.kernels.layout import (
     FFTLayout,
     Index,
@@ -88,8 +88,14 @@ def _spectrum(
     def fill(scratch: np.ndarray, b0: int, b1: int) -> None:
         place_maps(scratch, src[b0:b1], place)
 
-    rfft_batch(spec_arr, lay.shape, fill)
+    rows = place[0].stop
+    rfft_batch(spec_arr, lay.shape, fill, rows if pruned(lay, rows) else 0)
     return spec_arr
+
+
+def pruned(lay: FFTLayout, rows: int) -> bool:
+    """Whether a transform of maps with ``rows`` rows of data (or read) is pruned."""
+    return prunes(rows, lay.shape)
 
 
 def input_spectrum(
@@ -214,12 +220,28 @@ def _inverse(
 ) -> None:
     """irfft each map of ``spectrum`` and write ``scale * map[index] (+ bias)`` to ``out_flat``."""
     scale = lay.scale
+    first = _read_rows(lay, index)[0]
+    if first is not None:  # the pruned inverse hands over the rows read, in order
+        index = (slice(None), *index[1:])
 
     def read(scratch: np.ndarray, b0: int, b1: int) -> None:
         rows = None if bias_rows is None else bias_rows[b0:b1]
         read_maps(out_flat[b0:b1], scratch[: b1 - b0], index, scale, rows)
 
-    irfft_batch(spectrum, lay.shape, read)
+    irfft_batch(spectrum, lay.shape, read, first)
+
+
+def _read_rows(lay: FFTLayout, index: tuple[Index, ...]) -> tuple[Index | None, int]:
+    """The rows of the first axis a read-out at ``index`` takes and their number, if its
+    inverse is pruned (else ``(None, 0)``)."""
+    rows = index[0]
+    count = np.arange(lay.shape[0])[rows].size
+    return (rows, count) if pruned(lay, count) else (None, 0)
+
+
+def _prepare(lay: FFTLayout, spectrum: np.ndarray, index: tuple[Index, ...]) -> None:
+    """:func:`prepare_irfft` for a read-out at ``index``."""
+    prepare_irfft(spectrum, lay.shape, _read_rows(lay, index)[1])
 
 
 def forward_from_spectra(
@@ -233,7 +255,7 @@ def forward_from_spectra(
     spec = lay.spec
     n = xf.shape[-1] // spec.in_channels
     prod = lay.spectrum(n * spec.out_channels, pool)
-    prepare_irfft(prod, lay.shape)
+    _prepare(lay, prod, lay.out_index)
     _product(lay, Pass.FORWARD, xf, wf, prod)
     y = np.empty((n, spec.out_channels, *spec.out_size), dtype=spec.dtype)
     rows = None if bias is None else np.tile(bias, n)
@@ -250,7 +272,7 @@ def input_grad_from_spectra(
     spec = lay.spec
     n = gf.shape[-1] // spec.out_channels
     prod = lay.spectrum(n * spec.in_channels, pool)
-    prepare_irfft(prod, lay.shape)
+    _prepare(lay, prod, lay.dx_index)
     _product(lay, Pass.INPUT_GRAD, gf, wf, prod)
     dx = np.empty((n, spec.in_channels, *spec.in_size), dtype=spec.dtype)
     _inverse(lay, prod, dx.reshape(n * spec.in_channels, *spec.in_size), lay.dx_index)
@@ -271,7 +293,7 @@ def weight_grad_spectrum(
     maps = spec.out_channels * (spec.in_channels // spec.groups)
     if out is None:
         out = lay.spectrum(maps, pool)
-        prepare_irfft(out, lay.shape)
+        _prepare(lay, out, lay.dw_index)
         _product(lay, Pass.WEIGHT_GRAD, xf, gf, out)
     else:
         _product(lay, Pass.WEIGHT_GRAD, xf, gf, out, accumulate=True)
