@@ -27,7 +27,7 @@ from fftbp._params import ConvSpec, Pass
 from fftbp.engine.executor import has_base, run_pass
 from fftbp.fft.sizes import fft_cost, transform_shape
 from fftbp.planning import store
-from fftbp.planning.cost import Constants, direct_cost_of
+from fftbp.planning.cost import Constants, direct_cost_of, pruned_maps
 from fftbp.planning.planner import set_constants
 from fftbp.planning.routes import Route
 
@@ -97,7 +97,9 @@ def _measure_constants(reps: int) -> Constants:
     n, c, f = dense.batch, dense.in_channels, dense.out_channels
     maps = n * c + f * c + n * f
     nfreq = math.prod(shape[:-1]) * (shape[-1] // 2 + 1)
-    fft_s = prof["transforms"] / threads / (maps * fft_cost(shape))
+    # in whole-map equivalents: the weight maps (9 of 56 rows) take pruned transforms
+    whole = pruned_maps(dense, Pass.FORWARD, frozenset(), shape)
+    fft_s = prof["transforms"] / threads / (whole * fft_cost(shape))
     t_dense = prof["products"] / threads / nfreq  # per frequency
     flops_dense = 8.0 * n * c * f
 

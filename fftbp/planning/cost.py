@@ -109,9 +109,7 @@ def _maps(spec: ConvSpec, pass_: Pass, have: frozenset[str]) -> tuple[int, int]:
     return sum(sizes[s] for s in need if s not in have), inv
 
 
-def _pruned_maps(
-    spec: ConvSpec, pass_: Pass, have: frozenset[str], shape: tuple[int, ...]
-) -> float:
+def pruned_maps(spec: ConvSpec, pass_: Pass, have: frozenset[str], shape: tuple[int, ...]) -> float:
     """The transforms of :func:`_maps` in whole-map equivalents: a map with data in (or read
     from) at most half the rows of the first axis is pruned (:mod:`fftbp.fft.plans`), at
     ``0.6 + 0.8 * rows / M`` of the whole map's time (measured in a training step: 0.7-0.9
@@ -146,7 +144,7 @@ def fft_cost_of(
     f64 = spec.dtype.itemsize == 8
     fwd, inv = _maps(spec, pass_, have)
     unit = k.fft_natural_s_per_unit if spec.is_depthwise else k.fft_s_per_unit
-    pruned = fwd + inv if spec.is_depthwise else _pruned_maps(spec, pass_, have, shape)
+    pruned = fwd + inv if spec.is_depthwise else pruned_maps(spec, pass_, have, shape)
     t_fft = pruned * fft_cost(shape) * unit * (1.8 if f64 else 1.0)
     n, f, cg = spec.batch, spec.out_channels, spec.in_channels // spec.groups
     if spec.is_depthwise:
