@@ -1,10 +1,36 @@
-"""Small array helpers shared by the kernels and the reductions (no fftbp imports)."""
+"""Small array helpers shared by the kernels and the reductions (large copies run on fftbp's
+worker threads)."""
 
 from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["pad_or_crop"]
+from fftbp._config import get_num_threads, parallel_for
+
+__all__ = ["pad_or_crop", "parallel_copy"]
+
+#: copies of at least this many bytes are split over the worker threads
+PARALLEL_COPY_BYTES = 1 << 20
+
+
+def parallel_copy(dst: np.ndarray, src: np.ndarray) -> None:
+    """``dst[...] = src`` (same shape), split over the worker threads along the longest axis
+    but the last: a large copy otherwise runs on one core between the kernels' parallel parts.
+    """
+    if dst.shape != src.shape:
+        raise ValueError(f"src: expected shape {dst.shape}, got {src.shape}")
+    if dst.nbytes < PARALLEL_COPY_BYTES or dst.ndim < 2:
+        np.copyto(dst, src)
+        return
+    axis = max(range(dst.ndim - 1), key=lambda i: dst.shape[i])
+    n = dst.shape[axis]
+    step = max(1, -(-n // (4 * get_num_threads())))
+    lead = (slice(None),) * axis
+
+    def copy(_slot: int, a: int, b: int) -> None:
+        np.copyto(dst[(*lead, slice(a, b))], src[(*lead, slice(a, b))])
+
+    parallel_for(copy, n, step)
 
 
 def pad_or_crop(x: np.ndarray, pairs: tuple[tuple[int, int], ...]) -> np.ndarray:
@@ -54,5 +80,5 @@ def pad_or_crop(x: np.ndarray, pairs: tuple[tuple[int, int], ...]) -> np.ndarray
     if all(lo <= 0 and hi <= 0 for lo, hi in pairs):
         return x[keep + tuple(src)]
     out = np.zeros(x.shape[:lead] + size, dtype=x.dtype)
-    out[keep + tuple(dst)] = x[keep + tuple(src)]
+    parallel_copy(out[keep + tuple(dst)], x[keep + tuple(src)])
     return out

@@ -343,3 +343,37 @@ def test_residuals_of_another_layer_are_refused(rng):
     _, res = a.forward_step(rng.standard_normal((2, 3, 16, 16)))
     with pytest.raises(ValueError, match=r"residuals: made by a forward pass of another layer"):
         b.backward(rng.standard_normal((2, 4, 16, 16)), residuals=res)
+
+
+@pytest.mark.parametrize("shape", [(1, 8, 160, 160), (3, 2, 300, 301), (700, 1000)])
+def test_parallel_copy_matches_numpy(shape, rng, two_workers):
+    """Large copies are split over the workers along the longest axis but the last; any
+    source layout (a transposed view, a strided window) lands exactly."""
+    from fftbp._arrays import PARALLEL_COPY_BYTES, parallel_copy
+
+    src = rng.standard_normal(shape[::-1]).T  # every axis strided
+    assert src.nbytes >= PARALLEL_COPY_BYTES
+    dst = np.empty(shape)
+    parallel_copy(dst, src)
+    assert np.array_equal(dst, src)
+    with pytest.raises(ValueError, match="src: expected shape"):
+        parallel_copy(dst, src[..., :-1])
+
+
+@pytest.mark.parametrize("pass_", ["forward", "input_grad", "weight_grad"])
+def test_tiles_of_a_large_map_with_two_workers(pass_, rng, two_workers):
+    """The tiled route's window copies, transposes and overlap-add run on the workers once the
+    arrays pass 1 MB: every pass against the float64 reference."""
+    x = rng.standard_normal((1, 8, 160, 160))
+    w = rng.standard_normal((6, 8, 9, 9))
+    g = rng.standard_normal((1, 6, 160, 160))
+    if pass_ == "forward":
+        got = fftbp.conv(x, w, padding=4, method="fft_tiled")
+        ref = reference_conv(x, w, padding=4)
+    elif pass_ == "input_grad":
+        got = fftbp.conv_input_grad(x.shape, w, g, padding=4, method="fft_tiled")
+        ref = reference_input_grad(x.shape, w, g, padding=4)
+    else:
+        got = fftbp.conv_weight_grad(x, w.shape, g, padding=4, method="fft_tiled")
+        ref = reference_weight_grad(x, w.shape, g, padding=4)
+    assert relative_error(got, ref) < 1e-12

@@ -45,7 +45,8 @@ from functools import cached_property
 
 import numpy as np
 
-from fftbp._arrays import pad_or_crop
+from fftbp._arrays import pad_or_crop, parallel_copy
+from fftbp._config import get_num_threads, parallel_for
 from fftbp._params import ConvSpec
 
 __all__ = ["DilationPhases", "Polyphase", "Reduction", "Tiles"]
@@ -141,7 +142,9 @@ class Tiles(Reduction):
             strides=(st[0], *hops, st[1], *st[2:]),
             writeable=False,
         )
-        return view.reshape(self.inner.input_shape)  # copies: windows overlap
+        out = np.empty(self.inner.input_shape, dtype=x.dtype)  # a copy: windows overlap
+        parallel_copy(out.reshape(view.shape), view)
+        return out
 
     def g_in(self, g: np.ndarray) -> np.ndarray:
         s, nd = self.outer, self.outer.nd
@@ -149,26 +152,40 @@ class Tiles(Reduction):
         gp = pad_or_crop(g, tuple((0, f - o) for f, o in zip(full, s.out_size)))
         v = _split_axes(gp, 2, self.counts, self.tile)
         order = (0, *range(2, 2 + 2 * nd, 2), 1, *range(3, 3 + 2 * nd, 2))
-        return np.ascontiguousarray(v.transpose(order)).reshape(self.inner.output_shape)
+        v = v.transpose(order)
+        out = np.empty(v.shape, dtype=g.dtype)
+        parallel_copy(out, v)
+        return out.reshape(self.inner.output_shape)
 
     def y_out(self, y: np.ndarray) -> np.ndarray:
         s, nd = self.outer, self.outer.nd
         v = y.reshape(s.batch, *self.counts, s.out_channels, *self.tile)
         order = (0, 1 + nd, *itertools.chain(*((1 + i, 2 + nd + i) for i in range(nd))))
-        v = v.transpose(order)
         full = tuple(n * t for n, t in zip(self.counts, self.tile))
-        v = v.reshape(s.batch, s.out_channels, *full)
-        return np.ascontiguousarray(v[(slice(None), slice(None), *map(slice, s.out_size))])
+        whole = np.empty((s.batch, s.out_channels, *full), dtype=y.dtype)
+        parallel_copy(_split_axes(whole, 2, self.counts, self.tile), v.transpose(order))
+        if full == s.out_size:
+            return whole
+        out = np.empty(s.output_shape, dtype=y.dtype)  # the last tiles overhang: crop
+        parallel_copy(out, whole[(slice(None), slice(None), *map(slice, s.out_size))])
+        return out
 
     def dx_out(self, dx: np.ndarray) -> np.ndarray:
         s = self.outer
         v = dx.reshape(s.batch, *self.counts, s.in_channels, *self.window)
         acc = np.zeros((s.batch, s.in_channels, *self.total), dtype=dx.dtype)
         hop = tuple(t * sd for t, sd in zip(self.tile, s.stride))
-        for idx in itertools.product(*map(range, self.counts)):  # overlap-add, one slab per tile
-            dest = tuple(slice(i * h, i * h + w) for i, h, w in zip(idx, hop, self.window))
-            acc[(slice(None), slice(None), *dest)] += v[(slice(None), *idx)]
-        return np.ascontiguousarray(pad_or_crop(acc, _unpadded(s, self.total)))
+        tiles = list(itertools.product(*map(range, self.counts)))
+
+        def add(_slot: int, c0: int, c1: int) -> None:  # overlap-add of channels c0:c1
+            for idx in tiles:
+                dest = tuple(slice(i * h, i * h + w) for i, h, w in zip(idx, hop, self.window))
+                acc[(slice(None), slice(c0, c1), *dest)] += v[(slice(None), *idx, slice(c0, c1))]
+
+        parallel_for(add, s.in_channels, max(1, -(-s.in_channels // (2 * get_num_threads()))))
+        out = np.empty(s.input_shape, dtype=dx.dtype)
+        parallel_copy(out, pad_or_crop(acc, _unpadded(s, self.total)))
+        return out
 
 
 def _phase_in(xp: np.ndarray, count: tuple[int, ...], phases: tuple[int, ...]) -> np.ndarray:
