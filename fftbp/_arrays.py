@@ -7,18 +7,19 @@ import numpy as np
 
 from fftbp._config import get_num_threads, parallel_for
 
-__all__ = ["pad_or_crop", "parallel_copy"]
+__all__ = ["pad_or_crop", "parallel_copy", "parallel_zeros"]
 
 #: copies of at least this many bytes are split over the worker threads
 PARALLEL_COPY_BYTES = 1 << 20
 
 
-def parallel_copy(dst: np.ndarray, src: np.ndarray) -> None:
-    """``dst[...] = src`` (same shape), split over the worker threads along the longest axis
-    but the last: a large copy otherwise runs on one core between the kernels' parallel parts.
-    """
-    if dst.shape != src.shape:
-        raise ValueError(f"src: expected shape {dst.shape}, got {src.shape}")
+def parallel_copy(dst: np.ndarray, src: np.ndarray | float) -> None:
+    """``dst[...] = src`` (same shape, or a scalar), split over the worker threads along the
+    longest axis but the last: a large copy otherwise runs on one core between the kernels'
+    parallel parts."""
+    scalar = np.ndim(src) == 0
+    if not scalar and dst.shape != np.shape(src):
+        raise ValueError(f"src: expected shape {dst.shape}, got {np.shape(src)}")
     if dst.nbytes < PARALLEL_COPY_BYTES or dst.ndim < 2:
         np.copyto(dst, src)
         return
@@ -28,9 +29,18 @@ def parallel_copy(dst: np.ndarray, src: np.ndarray) -> None:
     lead = (slice(None),) * axis
 
     def copy(_slot: int, a: int, b: int) -> None:
-        np.copyto(dst[(*lead, slice(a, b))], src[(*lead, slice(a, b))])
+        part = (*lead, slice(a, b))
+        np.copyto(dst[part], src if scalar else src[part])  # type: ignore[index]
 
     parallel_for(copy, n, step)
+
+
+def parallel_zeros(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    """``np.zeros``, written by the worker threads when large (memory that the allocator
+    recycles must be cleared, 5 MB in 1.7 ms on one core here)."""
+    out = np.empty(shape, dtype=dtype)
+    parallel_copy(out, 0)
+    return out
 
 
 def pad_or_crop(x: np.ndarray, pairs: tuple[tuple[int, int], ...]) -> np.ndarray:
@@ -79,6 +89,6 @@ def pad_or_crop(x: np.ndarray, pairs: tuple[tuple[int, int], ...]) -> np.ndarray
     keep = (slice(None),) * lead
     if all(lo <= 0 and hi <= 0 for lo, hi in pairs):
         return x[keep + tuple(src)]
-    out = np.zeros(x.shape[:lead] + size, dtype=x.dtype)
+    out = parallel_zeros(x.shape[:lead] + size, x.dtype)
     parallel_copy(out[keep + tuple(dst)], x[keep + tuple(src)])
     return out

@@ -132,7 +132,7 @@ def test_weight_comparison_in_pieces_finds_a_change_anywhere(where, rng):
     and so is an unchanged weight (NaN left in place included); copies are exact."""
     from fftbp.engine import training
 
-    w = rng.standard_normal((64, 64, 12, 12)).astype(np.float32)  # 2.4 MB: pieces of 1 MB
+    w = rng.standard_normal((64, 64, 12, 12)).astype(np.float32)  # 2.4 MB: pieces of 256 KB
     w[1, 2, 3, 4] = np.nan
     assert w.nbytes >= 2 * training._PIECE_BYTES
     old = fftbp.get_num_threads()

@@ -191,19 +191,22 @@ def run_pass(
     bias: np.ndarray | None = None,
     *,
     limit: int | None = None,
+    pool: _fft.SpectrumPool | None = None,
 ) -> np.ndarray:
     """Run ``pass_`` of ``spec`` by ``route``: forward ``(x, w, bias)``, input gradient
     ``(w, grad_output)``, weight gradient ``(x, grad_output)``; in batch chunks within the
-    workspace limit (``limit``, default the global one)."""
+    workspace limit (``limit``, default the global one). ``pool``: the caller's spectrum
+    buffers (a layer's, reused from step to step: a fresh 40 MB buffer costs its page faults,
+    and freeing it its unmapping, 1 ms or more here)."""
     pass_ = Pass(pass_)
     with call_settings(limit) as call:
         memory = workspace(route, spec, pass_, call.threads)
         n = chunk_within(memory, spec, route, pass_, call)
         if route == _FFT and not spec.is_depthwise and n < spec.batch:
-            return fft_chunked(spec, pass_, a, b, bias, n, None)
+            return fft_chunked(spec, pass_, a, b, bias, n, None, pool)
         if n >= spec.batch:
-            return _once(route, spec, pass_, a, b, bias)
-        return _chunked(route, spec, pass_, a, b, bias, n)
+            return _once(route, spec, pass_, a, b, bias, pool)
+        return _chunked(route, spec, pass_, a, b, bias, n, pool)
 
 
 def _chunked(
@@ -214,10 +217,11 @@ def _chunked(
     b: np.ndarray,
     bias: Any,
     n: int,
+    pool: _fft.SpectrumPool | None = None,
 ) -> np.ndarray:
     """``pass_`` by ``route`` over chunks of ``n`` samples (their spectra reuse one set of
     buffers: a plan's arrays from the last chunk are not kept beside the next chunk's)."""
-    pool = _fft.SpectrumPool()
+    pool = pool or _fft.SpectrumPool()
     if pass_ == Pass.WEIGHT_GRAD:
         total = None
         for n0 in range(0, spec.batch, n):

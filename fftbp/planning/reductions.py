@@ -45,7 +45,7 @@ from functools import cached_property
 
 import numpy as np
 
-from fftbp._arrays import pad_or_crop, parallel_copy
+from fftbp._arrays import pad_or_crop, parallel_copy, parallel_zeros
 from fftbp._config import get_num_threads, parallel_for
 from fftbp._params import ConvSpec
 
@@ -173,7 +173,7 @@ class Tiles(Reduction):
     def dx_out(self, dx: np.ndarray) -> np.ndarray:
         s = self.outer
         v = dx.reshape(s.batch, *self.counts, s.in_channels, *self.window)
-        acc = np.zeros((s.batch, s.in_channels, *self.total), dtype=dx.dtype)
+        acc = parallel_zeros((s.batch, s.in_channels, *self.total), dx.dtype)
         hop = tuple(t * sd for t, sd in zip(self.tile, s.stride))
         tiles = list(itertools.product(*map(range, self.counts)))
 
