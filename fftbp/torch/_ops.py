@@ -252,7 +252,8 @@ def conv_input_grad(grad_output: Tensor, weight: Tensor, plan: str) -> Tensor:
     _check("weight", weight, spec.weight_shape, spec)
     w = _numpy(weight)
     res = Residuals(spec, p, _limit(p), w, None, None, None)
-    dx, _ = backward_train(res, _numpy(grad_output), _weight_spectra(weight), weight_grad=False)
+    g = _numpy(grad_output)
+    dx, _ = backward_train(res, g, _weight_spectra(weight), weight_grad=False, pool=_pool)
     return torch.from_numpy(dx)
 
 
@@ -269,7 +270,7 @@ def conv_weight_grad(grad_output: Tensor, x: Tensor, spectrum: Tensor, plan: str
     _check("grad_output", grad_output, spec.output_shape, spec)
     x_kept, xf = _input_or_spectrum(spec, x, spectrum)
     res = Residuals(spec, p, _limit(p), None, None, x_kept, xf)
-    _, dw = backward_train(res, _numpy(grad_output), WeightSpectra(), input_grad=False)
+    _, dw = backward_train(res, _numpy(grad_output), WeightSpectra(), input_grad=False, pool=_pool)
     return torch.from_numpy(dw)
 
 
@@ -288,7 +289,7 @@ def conv_backward(
     _check("weight", weight, spec.weight_shape, spec)
     x_kept, xf = _input_or_spectrum(spec, x, spectrum)
     res = Residuals(spec, p, _limit(p), _numpy(weight), None, x_kept, xf)
-    dx, dw = backward_train(res, _numpy(grad_output), _weight_spectra(weight))
+    dx, dw = backward_train(res, _numpy(grad_output), _weight_spectra(weight), pool=_pool)
     return torch.from_numpy(dx), torch.from_numpy(dw)
 
 
