@@ -23,7 +23,6 @@ from typing import Any
 
 __all__ = [
     "WorkspaceWarning",
-    "best_of_rounds",
     "blas_single_threaded",
     "call_settings",
     "current_call",
@@ -211,11 +210,30 @@ def split_range(n: int, parts: int, align: int = 1) -> list[tuple[int, int]]:
     return [(a, min(a + step, n)) for a in range(0, n, step)]
 
 
+#: ``on`` while this thread runs a range of :func:`parallel_map`
+_inside = threading.local()
+
+
 def parallel_map(fn: Callable[[int, int, int], None], ranges: list[tuple[int, int]]) -> None:
     """Run ``fn(slot, start, stop)`` for each range, one range per thread slot.
 
-    The calling thread takes the last range itself. Exceptions propagate.
+    The calling thread takes the last range itself. Exceptions propagate. Called from inside a
+    range (a nested section), the ranges run one after another on the calling thread: the
+    workers are busy with the outer ranges, and waiting for them could deadlock.
     """
+    if getattr(_inside, "on", False):
+        for i, (a, b) in enumerate(ranges):
+            fn(i, a, b)
+        return
+
+    def marked(slot: int, a: int, b: int, _fn: Callable[[int, int, int], None] = fn) -> None:
+        _inside.on = True
+        try:
+            _fn(slot, a, b)
+        finally:
+            _inside.on = False
+
+    fn = marked
     if _profile is not None:  # account idle worker time (CPU-seconds) while profiling
         t_start = time.perf_counter()
         busy = [0.0]
@@ -289,35 +307,6 @@ def parallel_tasks(tasks: Sequence[tuple[Any, ...]], body: Callable[..., None]) 
             body(slot, *tasks[t])
 
     parallel_for(work, len(tasks), 1)
-
-
-def best_of_rounds(
-    calls: Sequence[Callable[[], object]],
-    rounds: int = 3,
-    min_time: float = 0.05,
-    max_rounds: int = 15,
-) -> list[float]:
-    """Best wall time of each call, after one warm-up call each. The calls alternate within a
-    round, so a slow phase of a shared machine hits them all alike. At least ``rounds``
-    rounds, and more (up to ``max_rounds``) until every call has run for ``min_time`` in
-    total: a single millisecond call here varies by 1.5x, and two close candidates timed
-    three times each were ranked wrongly often enough to matter."""
-    for c in calls:
-        c()
-    best = [float("inf")] * len(calls)
-    total = [0.0] * len(calls)
-    done = 0
-    while done < rounds or (done < max_rounds and min(total) < min_time):
-        for i, c in enumerate(calls):
-            if done >= rounds and total[i] >= min_time:
-                continue  # extra rounds only for the calls still short of min_time
-            t0 = time.perf_counter()
-            c()
-            t = time.perf_counter() - t0
-            best[i] = min(best[i], t)
-            total[i] += t
-        done += 1
-    return best
 
 
 def median_time(fn: Callable[[], object], reps: int = 1) -> float:

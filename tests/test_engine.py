@@ -377,3 +377,33 @@ def test_tiles_of_a_large_map_with_two_workers(pass_, rng, two_workers):
         got = fftbp.conv_weight_grad(x, w.shape, g, padding=4, method="fft_tiled")
         ref = reference_weight_grad(x, w.shape, g, padding=4)
     assert relative_error(got, ref) < 1e-12
+
+
+def test_a_parallel_section_inside_a_worker_runs_inline(rng, two_workers):
+    """The large-copy helpers use the worker pool; called from inside a worker (a nested
+    section) they run on the calling thread instead of waiting for busy workers (which hung)."""
+    from fftbp._arrays import parallel_copy
+    from fftbp._config import parallel_for
+
+    src = rng.standard_normal((512, 1024))
+    dst = np.empty((2, *src.shape))
+
+    def outer(_slot, a, b):
+        for i in range(a, b):
+            parallel_copy(dst[i], src)
+
+    t = threading.Thread(target=parallel_for, args=(outer, 2, 1), daemon=True)
+    t.start()
+    t.join(timeout=30)
+    assert not t.is_alive(), "nested parallel section hung"
+    assert np.array_equal(dst[0], src) and np.array_equal(dst[1], src)
+
+
+def test_pruned_transform_rows_are_checked():
+    from fftbp.fft import irfft_batch, rfft_batch
+
+    spec = np.zeros((8, 5, 3), dtype=np.complex128)
+    with pytest.raises(ValueError, match="rows: expected 0 to 8"):
+        rfft_batch(spec, (8, 8), lambda *a: None, rows=9)
+    with pytest.raises(ValueError, match="rows: expected a slice or a 1D array of positions"):
+        irfft_batch(spec, (8, 8), lambda *a: None, rows=np.ones(8, dtype=bool))

@@ -134,13 +134,13 @@ def test_plan_cache_is_bounded(rng, monkeypatch):
 def test_plan_pool_evicts_while_plans_are_lent(monkeypatch):
     """Eviction with a key whose only plan is lent out (its free list empty) used to raise
     IndexError inside an unrelated call once the pool was full."""
-    from fftbp.fft import plans
+    from fftbp.fft import owned, plans
 
     monkeypatch.setattr(plans, "MAX_PLANS", 2)
     plans.clear_plan_cache()
 
     def build():
-        return plans._build_owned(True, 1, (8,), np.dtype(np.float64), "FFTW_ESTIMATE")
+        return owned._build_owned(True, 1, (8,), np.dtype(np.float64), "FFTW_ESTIMATE")
 
     with plans.checkout(("a",), build):
         pass  # "a" has one free plan

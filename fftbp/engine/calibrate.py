@@ -97,7 +97,7 @@ def _measure_constants(reps: int) -> Constants:
     n, c, f = dense.batch, dense.in_channels, dense.out_channels
     maps = n * c + f * c + n * f
     nfreq = math.prod(shape[:-1]) * (shape[-1] // 2 + 1)
-    # in whole-map equivalents: the weight maps (9 of 56 rows) take pruned transforms
+    # in whole-map equivalents: the weight maps (9 rows of 54) take pruned transforms
     whole = pruned_maps(dense, Pass.FORWARD, frozenset(), shape)
     fft_s = prof["transforms"] / threads / (whole * fft_cost(shape))
     t_dense = prof["products"] / threads / nfreq  # per frequency

@@ -2,18 +2,20 @@
 
 Candidates are those the cost model estimates within :data:`MEASURE_WINDOW` of the best
 estimate (and within the workspace limit), so planning stays bounded; each is timed in
-alternating rounds (:func:`fftbp._config.best_of_rounds`), and the close contenders again,
+alternating rounds (:func:`best_of_rounds`), and the close contenders again,
 longer. The decision is stored with FFTW's wisdom (:mod:`fftbp.planning.store`) under a
 canonical encoding of the layer and what the plan was made for, with the schema version.
 """
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 
-from fftbp._config import best_of_rounds, call_settings
+from fftbp._config import call_settings
 from fftbp._params import PASSES, ConvSpec, Pass
 from fftbp.engine.executor import run_pass
 from fftbp.planning import store
@@ -32,6 +34,35 @@ MEASURE_WINDOW = 4.0
 TIE_WINDOW = 1.25
 
 Operands = dict[str, np.ndarray]
+
+
+def best_of_rounds(
+    calls: Sequence[Callable[[], object]],
+    rounds: int = 3,
+    min_time: float = 0.05,
+    max_rounds: int = 15,
+) -> list[float]:
+    """Best wall time of each call, after one warm-up call each. The calls alternate within a
+    round, so a slow phase of a shared machine hits them all alike. At least ``rounds``
+    rounds, and more (up to ``max_rounds``) until every call has run for ``min_time`` in
+    total: a single millisecond call here varies by 1.5x, and two close candidates timed
+    three times each were ranked wrongly often enough to matter."""
+    for c in calls:
+        c()
+    best = [float("inf")] * len(calls)
+    total = [0.0] * len(calls)
+    done = 0
+    while done < rounds or (done < max_rounds and min(total) < min_time):
+        for i, c in enumerate(calls):
+            if done >= rounds and total[i] >= min_time:
+                continue  # extra rounds only for the calls still short of min_time
+            t0 = time.perf_counter()
+            c()
+            t = time.perf_counter() - t0
+            best[i] = min(best[i], t)
+            total[i] += t
+        done += 1
+    return best
 
 
 def _args(pass_: Pass, ops: Operands) -> tuple[np.ndarray, np.ndarray]:

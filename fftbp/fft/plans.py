@@ -42,7 +42,8 @@ __all__ = [
     "rfft_batch",
 ]
 
-#: Most free plans kept; each holds a scratch array of at most ``_SCRATCH_BYTES``.
+#: Most free plans kept; each holds a scratch array of at most ``_SCRATCH_BYTES`` (a pruned plan
+#: also a complex buffer of its sub-chunk's spectra, about twice that).
 MAX_PLANS = 256
 #: Target size of one sub-chunk's real-space scratch: small enough to stay in L2 between the
 #: fill copy and the transform (1 MiB L2 per core on the reference machine).
@@ -320,6 +321,8 @@ def rfft_batch(spec: np.ndarray, shape: tuple[int, ...], fill: FillFn, rows: int
         If > 0 (and the maps have two or more axes): the maps hold data in their first
         ``rows`` rows only, and are transformed by a pruned plan (:func:`_build_pruned`).
     """
+    if not 0 <= rows <= shape[0]:
+        raise ValueError(f"rows: expected 0 to {shape[0]} (shape[0]), got {rows}")
     _run(True, spec, shape, fill, rows)
 
 
@@ -350,7 +353,10 @@ def irfft_batch(
     with ``rows`` (positions along the first axis, a slice or an index array) only those rows,
     ``(b1 - b0, len(rows), *shape[1:])``, computed by a pruned plan. ``spec`` is destroyed.
     """
-    _run(False, spec, shape, read, 0 if rows is None else np.arange(shape[0])[rows].size, rows)
+    if isinstance(rows, np.ndarray) and (rows.dtype.kind not in "iu" or rows.ndim != 1):
+        raise ValueError(f"rows: expected a slice or a 1D array of positions, got {rows!r}")
+    count = 0 if rows is None else np.arange(shape[0])[rows].size  # IndexError past shape[0]
+    _run(False, spec, shape, read, count, rows)
 
 
 def _run(
@@ -396,8 +402,8 @@ def _run(
                 io(plan.scratch, b0, b1)
 
     parallel_for(work, total, sub)
-    with _cache_lock:
-        _stats["executes"] += -(-total // sub)
+    with _cache_lock:  # a pruned plan runs two FFTW executes per sub-chunk
+        _stats["executes"] += -(-total // sub) * (2 if prune else 1)
         _stats["forward_maps" if forward else "inverse_maps"] += total
 
 
@@ -407,43 +413,13 @@ def execute(plan: _Plan) -> None:
         plan.fftw.execute()
 
 
-def owned_plan(
-    forward: bool, b: int, shape: tuple[int, ...], real: np.dtype, tag: str = ""
-) -> AbstractContextManager[_Plan]:
-    """Check out a plan transforming ``b`` maps between two arrays it owns, in natural layout.
-
-    ``plan.fftw.input_array`` / ``plan.fftw.output_array`` are ``(b, *shape)`` real and
-    ``(b, *half)`` complex (swapped for the inverse), the caller's until the ``with`` block
-    ends. A caller that rebinds the plan's arrays (``fftw.update_arrays``) passes its own
-    ``tag`` so that it is handed back only to callers that rebind them too.
-    """
-    effort = get_fftw_effort()
-    key = ("owned", tag, forward, b, shape, real.str, effort)
-    return checkout(key, lambda: _build_owned(forward, b, shape, real, effort))
-
-
-def _build_owned(
-    forward: bool, b: int, shape: tuple[int, ...], real: np.dtype, effort: str
-) -> _Plan:
-    complex_dt = np.result_type(real, np.complex64)
-    half = (*shape[:-1], shape[-1] // 2 + 1)
-    r = pyfftw.empty_aligned((b, *shape), dtype=real, n=_ALIGN)
-    c = pyfftw.empty_aligned((b, *half), dtype=complex_dt, n=_ALIGN)
-    axes = tuple(range(1, len(shape) + 1))
-    flags = [effort] if forward else [effort, "FFTW_DESTROY_INPUT"]  # as in _build_strided
-    if forward:
-        fftw = pyfftw.FFTW(r, c, axes=axes, direction="FFTW_FORWARD", flags=flags, threads=1)
-    else:
-        fftw = pyfftw.FFTW(c, r, axes=axes, direction="FFTW_BACKWARD", flags=flags, threads=1)
-    return _Plan(fftw, r, (fftw.input_array, fftw.output_array))
-
-
 def aligned(a: np.ndarray) -> bool:
     """Whether ``a`` starts on FFTW's SIMD alignment (required to rebind an aligned plan)."""
     return a.ctypes.data % _ALIGN == 0
 
 
 def count_maps(forward: bool, maps: int) -> None:
-    """Record ``maps`` transformed maps (for callers driving :func:`owned_plan` themselves)."""
+    """Record ``maps`` transformed maps (for callers driving their own plans, such as
+    :func:`fftbp.fft.owned.owned_plan`)."""
     with _cache_lock:
         _stats["forward_maps" if forward else "inverse_maps"] += maps

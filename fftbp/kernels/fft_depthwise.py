@@ -31,7 +31,8 @@ import numpy as np
 import pyfftw
 
 from fftbp._config import get_num_threads, parallel_tasks, timed
-from fftbp.fft.plans import aligned, count_maps, execute, owned_plan
+from fftbp.fft.owned import owned_plan
+from fftbp.fft.plans import aligned, count_maps, execute
 from fftbp.kernels.layout import FFTLayout, Index, axis_index, place_maps, read_maps
 
 __all__ = ["backward", "forward", "weight_spectrum"]

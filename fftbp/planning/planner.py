@@ -274,7 +274,8 @@ def _choose(
             if not mine:
                 return None
             route, sec, cost = mine[0]
-            others = sorted((c for c in costs if c[0] != forward), key=lambda c: c[1])
+            others = [c for c in costs if c[0] != forward and c[2].min_bytes <= ask.limit]
+            others.sort(key=lambda c: (c[0].algorithm == route.algorithm, c[1]))
             runner = (others[0][0], others[0][1]) if others else None
             picked = (route, sec, cost.bytes_within(ask.limit))
         else:

@@ -23,8 +23,8 @@ from typing import Any
 import numpy as np
 
 import fftbp
-from fftbp._config import best_of_rounds
 from fftbp._params import PASSES, ConvSpec
+from fftbp.engine.measure import best_of_rounds
 
 __all__ = ["Sweep", "crossovers", "run", "write"]
 

@@ -19,8 +19,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from fftbp._config import best_of_rounds
 from fftbp._params import PASSES, ConvSpec, is_real
+from fftbp.engine.measure import best_of_rounds
 from fftbp.planning.cost import torch_cost_of
 from fftbp.planning.decision import describe_spec
 from fftbp.planning.planner import constants, plan_for_spec
