@@ -32,6 +32,7 @@ and one untimed call; variants alternate. Issue 13 uses it.
 
     python -m benchmarks.limit            # writes benchmarks/results/limit.{md,json}
     python -m benchmarks.limit --quick    # three layers
+    python -m benchmarks.limit --scaling 1,4,8,16   # on a many-core machine: measured scaling
 """
 
 from __future__ import annotations
@@ -259,6 +260,40 @@ def measure(name: str, rounds: int, rate: float) -> dict[str, Any]:
     return row
 
 
+def scaling(name: str, counts: list[int], rounds: int) -> dict[str, float]:
+    """The step's median time with each thread count (the counts alternate within a round),
+    for a machine with more cores: measured speedups beside the Amdahl projections."""
+    xs, ws, pad, groups = LAYERS[name]
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(xs).astype(np.float32)
+    w = rng.standard_normal(ws).astype(np.float32)
+    step = fftbp_step(x, w, 1, pad, groups, "auto")
+    threads = fftbp.get_num_threads()
+    times: dict[int, list[float]] = {p: [] for p in counts}
+    try:
+        for _ in range(rounds):
+            for p in counts:
+                fftbp.set_num_threads(p)
+                times[p].append(sample(step))
+    finally:
+        fftbp.set_num_threads(threads)
+    return {str(p): statistics.median(t) for p, t in times.items()}
+
+
+def scaling_table(rows: list[dict[str, Any]], counts: list[int]) -> str:
+    head = " | ".join(f"{p} threads ms (speedup)" for p in counts)
+    out = [
+        f"| layer | {head} | projected x16 (instrumented) |",
+        "|---|" + "---|" * (len(counts) + 1),
+    ]
+    for r in rows:
+        t = r["scaling"]
+        base = t[str(counts[0])]
+        cells = " | ".join(f"{t[str(p)] * 1e3:.1f} ({base / t[str(p)]:.2f}x)" for p in counts)
+        out.append(f"| {r['layer']} | {cells} | {r['projected_16_instrumented']:.1f} |")
+    return "\n".join(out)
+
+
 def table(rows: list[dict[str, Any]]) -> str:
     out = [
         "| layer | routes (fwd/dx/dw) | fftbp ms | whole-map fft ms | limit ms (FFT + products) | "
@@ -287,6 +322,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help=f"only {', '.join(QUICK)}")
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    ap.add_argument(
+        "--scaling",
+        type=lambda v: [int(p) for p in v.split(",")],
+        default=None,
+        help="thread counts to time each step with too, e.g. 1,4,8,16 (a many-core machine)",
+    )
     args = ap.parse_args(argv)
     names = QUICK if args.quick else list(LAYERS)
     rounds = 3 if args.quick else args.rounds
@@ -297,8 +338,13 @@ def main(argv: list[str] | None = None) -> int:
     for name in names:
         t0 = time.perf_counter()
         rows.append(measure(name, rounds, rate))
+        if args.scaling:
+            rows[-1]["scaling"] = scaling(name, args.scaling, rounds)
         print(f"{name}: done in {time.perf_counter() - t0:.0f} s", flush=True)
     text = table(rows)
+    if args.scaling:
+        text += "\n\nMeasured scaling (speedup over the first count's time):\n\n"
+        text += scaling_table(rows, args.scaling)
     print(text)
     stem = "limit_quick" if args.quick else "limit"
     args.out.mkdir(parents=True, exist_ok=True)

@@ -26,3 +26,27 @@ def test_transforms_time_is_positive_and_grows_with_the_maps():
     small = limit.transforms_time((16, 16), 8, 8, 1)
     large = limit.transforms_time((16, 16), 8000, 8000, 1)
     assert 0 < small < large
+
+
+def test_limit_benchmark_measures_scaling_when_asked(tmp_path, monkeypatch):
+    """--scaling times each step with the given thread counts (for a many-core machine) and
+    restores the thread count."""
+    import fftbp
+
+    monkeypatch.setattr(limit, "LAYERS", {"tiny": ((1, 2, 12, 12), (2, 2, 5, 5), 2, 1)})
+    monkeypatch.setattr(limit, "QUICK", ["tiny"])
+    seen = []
+
+    def fake_sample(fn, reps=1):
+        fn()
+        seen.append(fftbp.get_num_threads())
+        return 1e-3 * (3 if seen[-1] == 1 else 1)
+
+    monkeypatch.setattr(limit, "sample", fake_sample)
+    before = fftbp.get_num_threads()
+    assert limit.main(["--quick", "--out", str(tmp_path), "--scaling", "1,2"]) == 0
+    assert fftbp.get_num_threads() == before and {1, 2} <= set(seen)
+    row = json.loads((tmp_path / "limit_quick.json").read_text())["rows"][0]
+    assert row["scaling"] == {"1": pytest.approx(3e-3), "2": pytest.approx(1e-3)}
+    text = (tmp_path / "limit_quick.md").read_text()
+    assert "Measured scaling" in text and "1.0 (3.00x)" in text
