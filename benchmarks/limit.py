@@ -211,7 +211,7 @@ def torch_fft_step(x: np.ndarray, w: np.ndarray) -> Callable[[], None] | None:
     return step
 
 
-def measure(name: str, rounds: int, rate: float) -> dict[str, Any]:
+def measure(name: str, rounds: int, rate: float, counts: list[int] | None = None) -> dict[str, Any]:
     xs, ws, pad, groups = LAYERS[name]
     rng = np.random.default_rng(0)
     x = rng.standard_normal(xs).astype(np.float32)
@@ -254,20 +254,17 @@ def measure(name: str, rounds: int, rate: float) -> dict[str, Any]:
     si = instrumented_serial(step, 3)
     row["serial_instrumented"] = si
     row["projected_16_instrumented"] = 1 / (si + (1 - si) / 16)
+    if counts:
+        row["scaling"] = scaling(step, counts, rounds)
     if t_ref:
         row["torch_fft_s"] = statistics.median(t_ref)
         row["torch_fft_over_fftbp"] = row["torch_fft_s"] / row["fftbp_s"]
     return row
 
 
-def scaling(name: str, counts: list[int], rounds: int) -> dict[str, float]:
+def scaling(step: Callable[[], None], counts: list[int], rounds: int) -> dict[str, float]:
     """The step's median time with each thread count (the counts alternate within a round),
     for a machine with more cores: measured speedups beside the Amdahl projections."""
-    xs, ws, pad, groups = LAYERS[name]
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal(xs).astype(np.float32)
-    w = rng.standard_normal(ws).astype(np.float32)
-    step = fftbp_step(x, w, 1, pad, groups, "auto")
     threads = fftbp.get_num_threads()
     times: dict[int, list[float]] = {p: [] for p in counts}
     try:
@@ -337,9 +334,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for name in names:
         t0 = time.perf_counter()
-        rows.append(measure(name, rounds, rate))
-        if args.scaling:
-            rows[-1]["scaling"] = scaling(name, args.scaling, rounds)
+        rows.append(measure(name, rounds, rate, args.scaling))
         print(f"{name}: done in {time.perf_counter() - t0:.0f} s", flush=True)
     text = table(rows)
     if args.scaling:

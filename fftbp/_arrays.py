@@ -7,7 +7,7 @@ import numpy as np
 
 from fftbp._config import get_num_threads, parallel_for
 
-__all__ = ["pad_or_crop", "parallel_copy", "parallel_zeros"]
+__all__ = ["pad_or_crop", "parallel_copied", "parallel_copy", "parallel_zeros"]
 
 #: copies of at least this many bytes are split over the worker threads
 PARALLEL_COPY_BYTES = 1 << 20
@@ -33,6 +33,13 @@ def parallel_copy(dst: np.ndarray, src: np.ndarray | float) -> None:
         np.copyto(dst[part], src if scalar else src[part])  # type: ignore[index]
 
     parallel_for(copy, n, step)
+
+
+def parallel_copied(a: np.ndarray) -> np.ndarray:
+    """A C-contiguous copy of ``a``, made by :func:`parallel_copy`."""
+    out = np.empty(a.shape, dtype=a.dtype)
+    parallel_copy(out, a)
+    return out
 
 
 def parallel_zeros(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:

@@ -127,9 +127,10 @@ def test_weight_compared_bit_for_bit_then_by_value(rng):
 
 @pytest.mark.parametrize("where", [0, 300_000, -1])
 def test_weight_comparison_in_pieces_finds_a_change_anywhere(where, rng):
-    """Large weights are compared and copied piecewise by the worker threads: a change in the
+    """Large weights are compared piecewise and copied by the worker threads: a change in the
     first piece, in a middle piece or in the last element is found, with one worker or two,
     and so is an unchanged weight (NaN left in place included); copies are exact."""
+    from fftbp._arrays import parallel_copied
     from fftbp.engine import training
 
     w = rng.standard_normal((64, 64, 12, 12)).astype(np.float32)  # 2.4 MB: pieces of 256 KB
@@ -139,7 +140,7 @@ def test_weight_comparison_in_pieces_finds_a_change_anywhere(where, rng):
     try:
         for threads in (1, 2):
             fftbp.set_num_threads(threads)
-            snap = training.copy_weight(w)
+            snap = parallel_copied(w)
             assert snap.flags.c_contiguous and np.array_equal(snap, w, equal_nan=True)
             assert training.same_weight(w, snap)
             changed = w.copy()
@@ -147,6 +148,6 @@ def test_weight_comparison_in_pieces_finds_a_change_anywhere(where, rng):
             assert not training.same_weight(changed, snap)
             strided = np.asfortranarray(w)  # not C-contiguous: one comparison, one copy
             assert training.same_weight(strided, snap)
-            assert np.array_equal(training.copy_weight(strided), w, equal_nan=True)
+            assert np.array_equal(parallel_copied(strided), w, equal_nan=True)
     finally:
         fftbp.set_num_threads(old)

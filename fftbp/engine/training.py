@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pyfftw
 
-from fftbp._arrays import parallel_copy
+from fftbp._arrays import parallel_copied
 from fftbp._config import call_settings, parallel_for
 from fftbp._params import ConvSpec, Pass
 from fftbp.engine.executor import chunk_within, fft_chunked, run_pass
@@ -69,7 +69,7 @@ class WeightSpectra:
         state = self._state
         if state is not None and same_weight(w, state.snapshot):
             return state.snapshot
-        new = _WeightState(copy_weight(w), {})
+        new = _WeightState(parallel_copied(w), {})
         new.snapshot.flags.writeable = False
         with self._lock:
             self._state = new
@@ -94,8 +94,8 @@ class WeightSpectra:
         return wf
 
 
-#: weights of at least two pieces are compared and copied by the worker threads, in pieces
-#: of this size (a 4 MB weight is cold in cache at each step: 0.45 ms per comparison)
+#: weights of at least two pieces are compared by the worker threads, in pieces of this size
+#: (a 4 MB weight is cold in cache at each step: 0.45 ms per comparison)
 _PIECE_BYTES = 256 << 10
 #: bytes compared before the pieces: where a weight changed by a training step shows at once
 _HEAD_BYTES = 16 << 10
@@ -128,21 +128,6 @@ def same_weight(w: np.ndarray, snapshot: np.ndarray | None) -> bool:
 
     parallel_for(compare, a.size, step)
     return not differ
-
-
-def copy_weight(w: np.ndarray) -> np.ndarray:
-    """A C-contiguous copy of ``w``, made by the worker threads when it is large."""
-    out = np.empty(w.shape, dtype=w.dtype)
-    if w.nbytes < 2 * _PIECE_BYTES or not w.flags.c_contiguous:
-        np.copyto(out, w)
-        return out
-    src, dst = w.reshape(-1), out.reshape(-1)
-
-    def copy(_slot: int, i0: int, i1: int) -> None:
-        dst[i0:i1] = src[i0:i1]
-
-    parallel_for(copy, src.size, _PIECE_BYTES // src.itemsize)
-    return out
 
 
 def equal_values(w: np.ndarray, snapshot: np.ndarray | None) -> bool:
@@ -261,10 +246,7 @@ def forward_train(
             y = run_pass(routes[Pass.FORWARD], spec, Pass.FORWARD, x, w, bias, pool=pool)
         kept_x = None
         if weight_grad and (xf is None or keep_x):
-            kept_x = x
-            if copy_x:
-                kept_x = np.empty(x.shape, dtype=x.dtype)
-                parallel_copy(kept_x, x)
+            kept_x = parallel_copied(x) if copy_x else x
         res = Residuals(spec, plan, call.limit, w, snap, kept_x, xf)
     if xf_out is None:
         _lend(pool, xf, spec.is_depthwise)

@@ -199,6 +199,21 @@ def _strided_plan(
     )
 
 
+def _planning_target(
+    spec_view: np.ndarray, real: np.dtype, aligned: bool, on_view: bool
+) -> np.ndarray:
+    """The frequency-major spectrum a plan is made on, as FFTW sees it: ``(b, *half)``, a
+    transposed view of ``(*half, b)``. ``on_view``: ``spec_view`` itself (its contents may be
+    overwritten: a spectrum about to be written), else a throw-away array of its geometry,
+    which spans the whole frequency-major buffer."""
+    if on_view:
+        spec = spec_view
+    else:
+        complex_dt = np.result_type(real, np.complex64)
+        spec = _strided_scratch(spec_view.shape, spec_view.strides, complex_dt, aligned)
+    return np.moveaxis(spec, -1, 0)
+
+
 def _build_strided(
     forward: bool,
     b: int,
@@ -210,23 +225,15 @@ def _build_strided(
     on_view: bool,
 ) -> _Plan:
     """A plan between its own scratch maps and a frequency-major view of ``spec_view``'s
-    geometry. ``on_view``: plan on ``spec_view`` itself (its contents may be overwritten: a
-    spectrum about to be written), else on a throw-away array of the same geometry, which
-    spans the whole frequency-major buffer."""
-    complex_dt = np.result_type(real, np.complex64)
+    geometry, made on :func:`_planning_target`."""
     scratch = pyfftw.empty_aligned((b, *shape), dtype=real, n=_ALIGN)
-    if on_view:
-        spec = spec_view
-    else:
-        spec = _strided_scratch(spec_view.shape, spec_view.strides, complex_dt, aligned)
+    spec_t = _planning_target(spec_view, real, aligned, on_view)
     # forward plans keep their real input intact, so the zero padding in the scratch survives
     # from one fill to the next (see fftbp.kernels.fft.place_maps); c2r must destroy its input
     flags = [effort] if forward else [effort, "FFTW_DESTROY_INPUT"]
     if not aligned:
         flags.append("FFTW_UNALIGNED")
     axes = tuple(range(1, len(shape) + 1))
-    # The spectrum view is (*half, b); FFTW sees it as (b, *half) through a transposed view.
-    spec_t = np.moveaxis(spec, -1, 0)
     if forward:
         fftw = pyfftw.FFTW(
             scratch, spec_t, axes=axes, direction="FFTW_FORWARD", flags=flags, threads=1
@@ -270,12 +277,7 @@ def _build_pruned(
     half = (*shape[:-1], shape[-1] // 2 + 1)
     scratch = pyfftw.empty_aligned((b, rows, *shape[1:]), dtype=real, n=_ALIGN)
     full = pyfftw.empty_aligned((b, *half), dtype=complex_dt, n=_ALIGN)
-    spec = (
-        spec_view
-        if on_view
-        else _strided_scratch(spec_view.shape, spec_view.strides, complex_dt, aligned)
-    )
-    spec_t = np.moveaxis(spec, -1, 0)
+    spec_t = _planning_target(spec_view, real, aligned, on_view)
     trailing = tuple(range(2, len(shape) + 1))
     extra = [] if aligned else ["FFTW_UNALIGNED"]
     if forward:

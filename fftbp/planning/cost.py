@@ -99,39 +99,39 @@ class PassCost:
         return self.memory.at(max(1, self.memory.chunk(self.batch, limit)))
 
 
-def _maps(spec: ConvSpec, pass_: Pass, have: frozenset[str]) -> tuple[int, int]:
-    """(forward transforms, inverse transforms) of one pass by whole-map FFT, not counting the
-    spectra in ``have`` (``"x"``, ``"w"``, ``"g"``: kept from another pass)."""
+def _map_parts(
+    spec: ConvSpec, pass_: Pass, have: frozenset[str]
+) -> tuple[list[tuple[int, int]], tuple[int, int]]:
+    """The maps one pass by whole-map FFT transforms forward and inverse, as (maps, rows of the
+    first axis that hold data or are read), not counting the spectra in ``have`` (``"x"``,
+    ``"w"``, ``"g"``: kept from another pass)."""
     n, c, f, cg = spec.batch, spec.in_channels, spec.out_channels, spec.in_channels // spec.groups
+    h, o = spec.in_size[0], spec.out_size[0]
     need = {Pass.FORWARD: "xw", Pass.INPUT_GRAD: "gw", Pass.WEIGHT_GRAD: "xg"}[pass_]
-    sizes = {"x": n * c, "w": f * cg, "g": n * f}
-    inv = {Pass.FORWARD: n * f, Pass.INPUT_GRAD: n * c, Pass.WEIGHT_GRAD: f * cg}[pass_]
-    return sum(sizes[s] for s in need if s not in have), inv
-
-
-def pruned_maps(spec: ConvSpec, pass_: Pass, have: frozenset[str], shape: tuple[int, ...]) -> float:
-    """The transforms of :func:`_maps` in whole-map equivalents: a map with data in (or read
-    from) at most half the rows of the first axis is pruned (:mod:`fftbp.fft.plans`), at
-    ``0.6 + 0.8 * rows / M`` of the whole map's time (measured in a training step: 0.7-0.9
-    at 15-31 of 72-80 rows)."""
-    if spec.nd < 2:
-        return float(sum(_maps(spec, pass_, have)))
-    n, c, f, cg = spec.batch, spec.in_channels, spec.out_channels, spec.in_channels // spec.groups
-    h, o, k, m0 = spec.in_size[0], spec.out_size[0], spec.kernel_extent[0], shape[0]
-    g_rows = (o - 1) * spec.stride[0] + 1
-    need = {Pass.FORWARD: "xw", Pass.INPUT_GRAD: "gw", Pass.WEIGHT_GRAD: "xg"}[pass_]
-    maps = {"x": (n * c, h), "w": (f * cg, k), "g": (n * f, g_rows)}
-    out = {
+    sizes = {
+        "x": (n * c, h),
+        "w": (f * cg, spec.kernel_extent[0]),
+        "g": (n * f, (o - 1) * spec.stride[0] + 1),
+    }
+    inv = {
         Pass.FORWARD: (n * f, o),
         Pass.INPUT_GRAD: (n * c, h),
         Pass.WEIGHT_GRAD: (f * cg, spec.kernel[0]),
-    }
-    parts = [maps[s] for s in need if s not in have] + [out[pass_]]
+    }[pass_]
+    return [sizes[s] for s in need if s not in have], inv
+
+
+def pruned_maps(spec: ConvSpec, pass_: Pass, have: frozenset[str], shape: tuple[int, ...]) -> float:
+    """The transforms of one pass in whole-map equivalents (:func:`_map_parts`): a map with
+    data in (or read from) at most half the rows of the first axis is pruned
+    (:mod:`fftbp.fft.plans`), at ``0.6 + 0.8 * rows / M`` of the whole map's time (measured in
+    a training step: 0.7-0.9 at 15-31 of 72-80 rows)."""
+    fwd, inv = _map_parts(spec, pass_, have)
 
     def factor(rows: int) -> float:
-        return 0.6 + 0.8 * rows / m0 if prunes(rows, shape) else 1.0
+        return 0.6 + 0.8 * rows / shape[0] if prunes(rows, shape) else 1.0
 
-    return sum(count * factor(rows) for count, rows in parts)
+    return sum(count * factor(rows) for count, rows in [*fwd, inv])
 
 
 def fft_cost_of(
@@ -142,7 +142,8 @@ def fft_cost_of(
     npts = math.prod(shape)
     nfreq = math.prod(shape[:-1]) * (shape[-1] // 2 + 1)
     f64 = spec.dtype.itemsize == 8
-    fwd, inv = _maps(spec, pass_, have)
+    parts, (inv, _) = _map_parts(spec, pass_, have)
+    fwd = sum(count for count, _ in parts)
     unit = k.fft_natural_s_per_unit if spec.is_depthwise else k.fft_s_per_unit
     pruned = fwd + inv if spec.is_depthwise else pruned_maps(spec, pass_, have, shape)
     t_fft = pruned * fft_cost(shape) * unit * (1.8 if f64 else 1.0)
@@ -237,7 +238,7 @@ def estimate(
     threads: int = 1,
 ) -> PassCost:
     """Estimated seconds and workspace of ``pass_`` by ``route`` on ``spec`` with ``threads``
-    workers (``have``: spectra another pass already made, see :func:`_maps`)."""
+    workers (``have``: spectra another pass already made, see :func:`_map_parts`)."""
     memory = workspace(route, spec, pass_, threads)
     return PassCost(_seconds(route, spec, pass_, k, have), memory, spec.batch)
 

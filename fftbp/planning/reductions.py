@@ -45,7 +45,7 @@ from functools import cached_property
 
 import numpy as np
 
-from fftbp._arrays import pad_or_crop, parallel_copy, parallel_zeros
+from fftbp._arrays import pad_or_crop, parallel_copied, parallel_copy, parallel_zeros
 from fftbp._config import get_num_threads, parallel_for
 from fftbp._params import ConvSpec
 
@@ -142,9 +142,7 @@ class Tiles(Reduction):
             strides=(st[0], *hops, st[1], *st[2:]),
             writeable=False,
         )
-        out = np.empty(self.inner.input_shape, dtype=x.dtype)  # a copy: windows overlap
-        parallel_copy(out.reshape(view.shape), view)
-        return out
+        return parallel_copied(view).reshape(self.inner.input_shape)  # a copy: windows overlap
 
     def g_in(self, g: np.ndarray) -> np.ndarray:
         s, nd = self.outer, self.outer.nd
@@ -152,10 +150,7 @@ class Tiles(Reduction):
         gp = pad_or_crop(g, tuple((0, f - o) for f, o in zip(full, s.out_size)))
         v = _split_axes(gp, 2, self.counts, self.tile)
         order = (0, *range(2, 2 + 2 * nd, 2), 1, *range(3, 3 + 2 * nd, 2))
-        v = v.transpose(order)
-        out = np.empty(v.shape, dtype=g.dtype)
-        parallel_copy(out, v)
-        return out.reshape(self.inner.output_shape)
+        return parallel_copied(v.transpose(order)).reshape(self.inner.output_shape)
 
     def y_out(self, y: np.ndarray) -> np.ndarray:
         s, nd = self.outer, self.outer.nd
@@ -166,9 +161,8 @@ class Tiles(Reduction):
         parallel_copy(_split_axes(whole, 2, self.counts, self.tile), v.transpose(order))
         if full == s.out_size:
             return whole
-        out = np.empty(s.output_shape, dtype=y.dtype)  # the last tiles overhang: crop
-        parallel_copy(out, whole[(slice(None), slice(None), *map(slice, s.out_size))])
-        return out
+        # the last tiles overhang: crop
+        return parallel_copied(whole[(slice(None), slice(None), *map(slice, s.out_size))])
 
     def dx_out(self, dx: np.ndarray) -> np.ndarray:
         s = self.outer
@@ -183,9 +177,7 @@ class Tiles(Reduction):
                 acc[(slice(None), slice(c0, c1), *dest)] += v[(slice(None), *idx, slice(c0, c1))]
 
         parallel_for(add, s.in_channels, max(1, -(-s.in_channels // (2 * get_num_threads()))))
-        out = np.empty(s.input_shape, dtype=dx.dtype)
-        parallel_copy(out, pad_or_crop(acc, _unpadded(s, self.total)))
-        return out
+        return parallel_copied(pad_or_crop(acc, _unpadded(s, self.total)))
 
 
 def _phase_in(xp: np.ndarray, count: tuple[int, ...], phases: tuple[int, ...]) -> np.ndarray:
