@@ -1,8 +1,8 @@
 """Forward + input gradient + weight gradient: fftbp FFT, fftbp direct and PyTorch, side by side.
 
 Protocol (../shared/CALIBRATION.md): methods alternate within one process, their order rotates
-each round, and every timed sample follows a 0.25 s pause and one untimed warm-up call (methods
-under a second take the median of three calls as the round's sample). Reported:
+each round, and every timed sample follows a 0.25 s pause and untimed warm-up calls for at least
+0.1 s (methods under a second take the median of three calls as the round's sample). Reported:
 median times and the median of per-round ratios. Very slow methods get fewer rounds (a per-layer
 time budget) and are skipped above --max-call seconds, predicted from the previous kernel size
 of the same suite (times grow with the kernel); a method whose first call exceeds --max-call keeps

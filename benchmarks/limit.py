@@ -28,7 +28,8 @@ its own after fftbp's, because torch's OpenMP threads, spinning after a torch ca
 fftbp call right after it by up to 2x (the ratio is then one of medians).
 
 Protocol as ``benchmarks/layers.py``: medians of ``--rounds`` samples, each after a 0.25 s pause
-and one untimed call; variants alternate. Issue 13 uses it.
+and 0.1 s of untimed calls (steady state, as in a training loop); variants alternate. Issue 13
+uses it.
 
     python -m benchmarks.limit            # writes benchmarks/results/limit.{md,json}
     python -m benchmarks.limit --quick    # three layers

@@ -14,8 +14,9 @@ the network input). Models:
   single passes to torch where the planner predicts torch is faster).
 
 Protocol as ``benchmarks/layers.py`` (../shared/CALIBRATION.md): the variants alternate within
-one process, their order rotates each round, each timed call follows a 0.25 s pause and one
-untimed warm-up; reported are median times and the median of per-round ratios.
+one process, their order rotates each round, each timed call follows a 0.25 s pause and
+untimed warm-up calls for at least 0.1 s; reported are median times and the median of
+per-round ratios.
 
     python -m benchmarks.torch_model            # writes benchmarks/results/torch_model.{md,json}
     python -m benchmarks.torch_model --quick    # two small models, 3 rounds
@@ -40,6 +41,7 @@ import torch
 from torch import nn
 
 from benchmarks.machine import describe
+from fftbp.study.layers import warm_up
 from fftbp.torch import adopt, convert
 from fftbp.torch._convert import layer_inputs
 from fftbp.torch.models import LargeKernelBlock, ResNet18Style, replknet_style, slak_stage
@@ -81,16 +83,16 @@ def layer_step(module: nn.Module, shape: tuple[int, ...], x_grad: bool) -> Calla
 def alternate(
     calls: dict[str, Callable[[], None]], rounds: int, min_sample: float = 0.1
 ) -> dict[str, list[float]]:
-    """Per-variant samples: rotating order, 0.25 s pause and a warm-up before each. A sample of
-    a call shorter than ``min_sample`` is the median of enough back-to-back calls to fill it
-    (single millisecond calls here vary by 1.5x)."""
+    """Per-variant samples: rotating order, 0.25 s pause and a 0.1 s warm-up before each. A
+    sample of a call shorter than ``min_sample`` is the median of enough back-to-back calls to
+    fill it (single millisecond calls here vary by 1.5x)."""
     names = list(calls)
     times: dict[str, list[float]] = {n: [] for n in names}
     reps: dict[str, int] = {}
     for r in range(rounds):
         for name in names[r % len(names) :] + names[: r % len(names)]:
             time.sleep(0.25)
-            calls[name]()
+            warm_up(calls[name])
             one = []
             for _ in range(reps.get(name, 1)):
                 t0 = time.perf_counter()

@@ -309,9 +309,11 @@ def parallel_tasks(tasks: Sequence[tuple[Any, ...]], body: Callable[..., None]) 
     parallel_for(work, len(tasks), 1)
 
 
-def median_time(fn: Callable[[], object], reps: int = 1) -> float:
-    """Median wall time of ``reps`` calls of ``fn``, after one untimed warm-up call."""
-    fn()
+def median_time(fn: Callable[[], object], reps: int = 1, warm_up: bool = True) -> float:
+    """Median wall time of ``reps`` calls of ``fn``, after one untimed warm-up call (unless
+    ``warm_up`` is false: the caller has warmed it up)."""
+    if warm_up:
+        fn()
     times = []
     for _ in range(reps):
         t0 = time.perf_counter()

@@ -202,3 +202,25 @@ def test_random_layer_specs(p, method, seed):
     assert relative_error(dx, reference_input_grad(x.shape, w, g, **kw)) < 1e-11
     dw = fftbp.conv_weight_grad(x, w.shape, g, **kw, method=method)
     assert relative_error(dw, reference_weight_grad(x, w.shape, g, **kw)) < 1e-11
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3, 8])
+@pytest.mark.parametrize("real", [np.float32, np.float64])
+@pytest.mark.parametrize(
+    "total, shape",
+    [(1, (32,)), (16, (32, 32, 32)), (64, (32, 32, 32)), (3, (8, 8)), (1024, (80, 80))],
+)
+def test_sub_chunks_never_share_a_cache_line(threads, real, total, shape):
+    """Workers write sub-chunks of adjacent maps at every frequency of the frequency-major
+    spectrum: a sub-chunk must span whole 64-byte lines (it used to be 4 maps of complex64 for
+    a 3D layer of 16 maps, and two workers then contended for every line)."""
+    from fftbp.fft.plans import _chunking
+
+    old = fftbp.get_num_threads()
+    fftbp.set_num_threads(threads)
+    try:
+        sub = _chunking(total, shape, np.dtype(real))
+    finally:
+        fftbp.set_num_threads(old)
+    line_maps = 64 // (2 * np.dtype(real).itemsize)
+    assert sub >= 1 and sub % line_maps == 0

@@ -3,8 +3,9 @@
 Each layer is one training step (forward, input gradient, weight gradient) of a
 :class:`fftbp.Conv` with ``method="auto"`` (the planner's choice per pass, spectra reused
 across passes) and of ``torch.nn.functional.conv*d`` with autograd, in the same process. The
-methods alternate; each sample follows a 0.25 s pause and one untimed warm-up call; a method
-whose first call exceeds ``max_call`` seconds keeps that call as its only sample. Reported:
+methods alternate; each sample follows a 0.25 s pause and untimed warm-up calls for at least
+0.1 s (:func:`sample`); a method whose first call exceeds ``max_call`` seconds keeps that call
+as its only sample. Reported:
 median times and the median of per-round ratios.
 """
 
@@ -25,7 +26,7 @@ import fftbp
 from fftbp._config import median_time
 from fftbp._params import PASSES
 
-__all__ = ["LAYERS", "fftbp_step", "run", "sample", "torch_step", "write"]
+__all__ = ["LAYERS", "fftbp_step", "run", "sample", "torch_step", "warm_up", "write"]
 
 #: name -> (input shape, weight shape, stride, padding, groups, where it comes from)
 LAYERS: dict[str, tuple[tuple[int, ...], tuple[int, ...], int, Any, int, str]] = {
@@ -90,10 +91,27 @@ def torch_step(
     return step
 
 
+#: Untimed calls after the pause, at least this long in all: on the reference VM the second
+#: core runs a multi-threaded step up to 1.8x slower for the first ~50 ms of work after 0.1 s or
+#: more of idling (measured on long1d 4k: 12-15 ms for four steps, then 7.1-7.5 ms), and a
+#: training loop runs its steps back to back.
+WARM_UP_S = 0.1
+
+
+def warm_up(fn: Callable[[], None]) -> None:
+    """Untimed calls of ``fn`` for at least :data:`WARM_UP_S` (at least one)."""
+    t0 = time.perf_counter()
+    fn()
+    while time.perf_counter() - t0 < WARM_UP_S:
+        fn()
+
+
 def sample(fn: Callable[[], None], reps: int = 1) -> float:
-    """Pause 0.25 s, one untimed warm-up call, then the median of ``reps`` timed calls."""
+    """Pause 0.25 s (other methods' threads settle), :func:`warm_up`, then the median of
+    ``reps`` timed calls."""
     time.sleep(0.25)
-    return median_time(fn, reps)
+    warm_up(fn)
+    return median_time(fn, reps, warm_up=False)
 
 
 def run(
