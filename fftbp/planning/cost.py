@@ -27,11 +27,15 @@ __all__ = ["PASSES", "Constants", "PassCost", "estimate"]
 
 @dataclass(frozen=True)
 class Constants:
-    # Shipped values: `fftbp calibrate` on the reference machine, 2026-11-26 (two runs, mean).
+    # Shipped values: `fftbp calibrate` on the reference machine, 2026-11-26 (two runs, mean),
+    # then six of them scaled by `python -m benchmarks.fit --search` on the planner benchmark of
+    # 2026-12-01 (fft_s_per_unit 0.27e-9, product_flops 52e9, product_item_s 150e-9, copy_bytes
+    # 50e9, direct_flops 140e9, tile_s 30e-6 before): the choices that search makes were
+    # 95.9% within 1.2x on the run of 2026-11-30, which it did not see (docs/planner.md).
     #: seconds per unit of :func:`fftbp.fft.sizes.fft_cost` per map, frequency-major transforms
     #: of dense layers (strided writes: 1.8x a natural-layout transform on one core, and they
     #: scale poorly over two workers)
-    fft_s_per_unit: float = 0.27e-9
+    fft_s_per_unit: float = 0.195e-9
     #: the same for the natural-layout transforms of depthwise layers
     fft_natural_s_per_unit: float = 0.09e-9
     #: complex matrix products per frequency (one stacked numpy matmul), flop/s, and the fixed
@@ -39,23 +43,31 @@ class Constants:
     #: BLAS once per matrix, which dominates for few channels (per frequency, measured here:
     #: 168 ns for 4x4x4, 1.1 us for 8x32x32, 19 us for 8x128x128). `fftbp calibrate` solves
     #: both from a 32-channel and a 4-channel layer (two runs: 57 and 48 GFLOP/s, 153 and 148 ns)
-    product_flops: float = 52e9
-    product_item_s: float = 150e-9
+    product_flops: float = 105e9
+    product_item_s: float = 180e-9
     #: seconds per complex multiply(-add) of the elementwise (depthwise) products
     elementwise_s: float = 0.23e-9
     #: bytes/s of the copies into and out of transform buffers and of reductions' index maps
-    copy_bytes: float = 50e9
+    copy_bytes: float = 60e9
     #: direct path: GEMM flop/s of the shifted-GEMM kernels, and bytes/s of the strided
     #: path's im2col unfold
-    direct_flops: float = 140e9
+    direct_flops: float = 98e9
     direct_bytes: float = 2.8e9
+    #: the direct weight gradient's thin GEMMs (per offset, over pieces of positions) run at
+    #: this share of ``direct_flops`` with 16 channels or more. Machine-dependent: on the
+    #: planner benchmark's 3x3 layer (N8 C32 64x64) the weight gradient ran at 0.74x the
+    #: forward's rate with OpenBLAS's SkylakeX kernels and 0.93x with its Haswell kernels
+    #: (OPENBLAS_CORETYPE=Haswell), same CPU; 0.45 is what the choice search keeps
+    direct_wg_share: float = 0.45
     #: fixed cost per pass (Python, thread hand-off), seconds
     call_s: float = 0.056e-3
     #: cost per extra batch entry a reduction creates (each tile is one): per-sample tasks and
-    #: small transforms; fitted to tiled 3x3 layers (1568, 512, 288 tiles: 27-36 us each).
+    #: small transforms; first fitted to tiled 3x3 layers (1568, 512, 288 tiles: 27-36 us
+    #: each), now the choice search's value (with 30 us, 16x16 tiles of a 5x5 layer were
+    #: estimated 3x dearer than they ran, and direct was chosen at 1.5-1.9x their time).
     #: Not measured by ``fftbp calibrate``: the shipped value is used on every machine
     #: (this one and ``map_s`` are the fitted constants, see docs/planner.md)
-    tile_s: float = 30e-6
+    tile_s: float = 10.5e-6
     #: fixed cost per transformed map (placement, hand-off, FFTW call): it makes many small
     #: transforms dearer than their points say (polyphase phases, 3D tiles). Fitted by hand on
     #: the planner benchmark (benchmarks/results/planner.md), not measured by ``fftbp calibrate``
@@ -194,7 +206,7 @@ def direct_cost_of(spec: ConvSpec, pass_: Pass, k: Constants) -> float:
             # per offset a (Fg x m) @ (m x Cg) GEMM over pieces of m positions: thin GEMMs,
             # measured at 31, 51, 36, 54, 80 GFLOP/s for 4, 8, 16, 32, 64 channels
             flops = 2.0 * n * f * (c // spec.groups) * positions * nk
-            rate = 0.45 * k.direct_flops * min(1.0, math.sqrt(min(og, cg) / 16))
+            rate = k.direct_wg_share * k.direct_flops * min(1.0, math.sqrt(min(og, cg) / 16))
             t = flops / rate * (2.0 if f64 else 1.0)
         else:
             # per offset a (outs x Cg) @ (Cg x positions) GEMM accumulating into the output:
