@@ -224,3 +224,33 @@ def test_sub_chunks_never_share_a_cache_line(threads, real, total, shape):
         fftbp.set_num_threads(old)
     line_maps = 64 // (2 * np.dtype(real).itemsize)
     assert sub >= 1 and sub % line_maps == 0
+
+
+def test_tiny_channel_products_run_on_one_worker(rng, monkeypatch):
+    """Products of matrices under ONE_WORKER_BELOW flops go to one worker in one piece (two
+    threads calling BLAS on tiny matrices ran slower than one); larger ones are split. The
+    results stay those of the float64 reference either way."""
+    import fftbp.kernels.fft as kf
+
+    seen: list[tuple[int, int]] = []
+    real = kf.parallel_for
+
+    def spy(fn, n, chunk):
+        seen.append((n, chunk))
+        return real(fn, n, chunk)
+
+    monkeypatch.setattr(kf, "parallel_for", spy)
+    old = fftbp.get_num_threads()
+    fftbp.set_num_threads(2)
+    try:
+        for c, expect_one in ((4, True), (32, False)):  # 8*2*4*4 and 8*2*32*32 flops
+            x = rng.standard_normal((2, c, 20, 20))
+            w = rng.standard_normal((c, c, 5, 5))
+            seen.clear()
+            y = fftbp.conv(x, w, padding=2, method="fft")
+            assert relative_error(y, reference_conv(x, w, padding=2)) < 1e-12
+            products = [(n, chunk) for n, chunk in seen if n == 24 * 13]  # one piece per freq
+            assert products, seen
+            assert all((chunk >= n) == expect_one for n, chunk in products), (c, products)
+    finally:
+        fftbp.set_num_threads(old)

@@ -128,6 +128,13 @@ def grad_spectrum(lay: FFTLayout, g: np.ndarray, pool: SpectrumPool | None = Non
 # -- channel products at each frequency ----------------------------------------------------------
 
 
+#: Products of matrices under this many flops each run on one worker: numpy calls BLAS once
+#: per matrix, and OpenBLAS serialises part of each call, so two threads calling it on tiny
+#: matrices run slower than one (measured here, stacked complex64 matmuls: 2x8x8 0.38-0.81x,
+#: 8x8x8 0.64-0.77x, 4x16x16 0.79-0.94x; 8x16x16 and larger 1.2-1.7x faster on two threads).
+ONE_WORKER_BELOW = 8192
+
+
 def _block_len(bytes_per_freq: int) -> int:
     """Frequencies per inner block so that the block's operands stay in L2 (~256 KiB)."""
     return max(1, (256 << 10) // max(bytes_per_freq, 1))
@@ -203,11 +210,16 @@ def _product(
         else:
             O[...] = r
 
+    pieces, inner = max(step, -(-q // (8 * get_num_threads()))), q
+    if not depthwise and 8 * n * cg * fg < ONE_WORKER_BELOW:
+        pieces, inner = q, step  # one worker, block by block: see ONE_WORKER_BELOW
+
     def work(_slot: int, q0: int, q1: int) -> None:
         with timed("products"):
-            block(q0, q1)
+            for b0 in range(q0, q1, inner):
+                block(b0, min(b0 + inner, q1))
 
-    parallel_for(work, q, max(step, -(-q // (8 * get_num_threads()))))
+    parallel_for(work, q, pieces)
 
 
 # -- read-out ------------------------------------------------------------------------------------
