@@ -55,7 +55,7 @@ import fftbp
 from benchmarks.machine import describe
 from fftbp._config import profiling
 from fftbp._params import ConvSpec
-from fftbp.kernels.fft import layout
+from fftbp.kernels.fft import ONE_WORKER_BELOW, layout
 from fftbp.study.layers import fftbp_step, sample
 
 #: name -> (input shape, weight shape, padding, groups)
@@ -192,6 +192,26 @@ def instrumented_serial(step: Callable[[], None], rounds: int) -> float:
     return statistics.median(shares)
 
 
+def products_rate(step: Callable[[], None], spec: ConvSpec, nfreq: int, rounds: int) -> float:
+    """flop/s of the channel products inside a whole-map FFT step of a dense layer, as
+    fftbp's profiler times them: the three passes' flops over the products' thread-seconds
+    divided by the thread count (the products run in sections where every worker multiplies,
+    or on one worker below ``ONE_WORKER_BELOW`` flops per matrix: the rate is then one
+    core's). Issue 13 compares it with the GEMM rate."""
+    n, c, f, g = spec.batch, spec.in_channels, spec.out_channels, spec.groups
+    flops = 3 * 8 * n * (c // g) * f * nfreq
+    workers = fftbp.get_num_threads()
+    if 8 * n * (c // g) * f < ONE_WORKER_BELOW:
+        workers = 1
+    seconds = []
+    for _ in range(rounds):
+        step()
+        with profiling() as prof:
+            step()
+        seconds.append(prof["products"] / workers)
+    return flops / statistics.median(seconds)
+
+
 def torch_fft_step(x: np.ndarray, w: np.ndarray) -> Callable[[], None] | None:
     """The torch.fft autograd code of a causal long convolution (forward and both gradients)."""
     try:
@@ -252,6 +272,9 @@ def measure(name: str, rounds: int, rate: float, counts: list[int] | None = None
     for cores in (16, 64):
         row[f"projected_{cores}"] = 1 / (sf + (1 - sf) / cores) if not math.isnan(sf) else sf
     row["fftbp_over_limit"] = row["fftbp_s"] / row["limit_s"]
+    if row["routes"] == "fft/fft/fft" and not spec.is_depthwise:
+        row["products_flops"] = products_rate(step, spec, layout(spec).nfreq, 3)
+        row["products_share_of_gemm"] = row["products_flops"] / rate
     si = instrumented_serial(step, 3)
     row["serial_instrumented"] = si
     row["projected_16_instrumented"] = 1 / (si + (1 - si) / 16)
@@ -289,6 +312,15 @@ def scaling_table(rows: list[dict[str, Any]], counts: list[int]) -> str:
         base = t[str(counts[0])]
         cells = " | ".join(f"{t[str(p)] * 1e3:.1f} ({base / t[str(p)]:.2f}x)" for p in counts)
         out.append(f"| {r['layer']} | {cells} | {r['projected_16_instrumented']:.1f} |")
+    return "\n".join(out)
+
+
+def products_table(rows: list[dict[str, Any]]) -> str:
+    out = ["| layer | products GFLOP/s | share of the GEMM rate |", "|---|---|---|"]
+    for r in rows:
+        if "products_flops" in r:
+            share = r["products_share_of_gemm"]
+            out.append(f"| {r['layer']} | {r['products_flops'] / 1e9:.0f} | {share:.0%} |")
     return "\n".join(out)
 
 
@@ -338,6 +370,8 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(measure(name, rounds, rate, args.scaling))
         print(f"{name}: done in {time.perf_counter() - t0:.0f} s", flush=True)
     text = table(rows)
+    text += "\n\nChannel products in the step (dense layers by whole-map FFT), against the GEMM "
+    text += f"rate ({rate / 1e9:.0f} GFLOP/s):\n\n" + products_table(rows)
     if args.scaling:
         text += "\n\nMeasured scaling (speedup over the first count's time):\n\n"
         text += scaling_table(rows, args.scaling)

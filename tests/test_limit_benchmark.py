@@ -50,3 +50,26 @@ def test_limit_benchmark_measures_scaling_when_asked(tmp_path, monkeypatch):
     assert row["scaling"] == {"1": pytest.approx(3e-3), "2": pytest.approx(1e-3)}
     text = (tmp_path / "limit_quick.md").read_text()
     assert "Measured scaling" in text and "1.0 (3.00x)" in text
+
+
+def test_products_rate_counts_the_three_passes(monkeypatch):
+    """The products' rate is the three passes' flops over the profiled products time per
+    worker: with the profiler's products time fixed, the rate follows from the flop count."""
+    import contextlib
+
+    import numpy as np
+
+    from fftbp._params import ConvSpec
+
+    spec = ConvSpec.from_shapes((2, 32, 16, 16), (32, 32, 5, 5), 1, 2, 1, 1, "float32")
+
+    @contextlib.contextmanager
+    def fake_profiling():
+        yield {"products": 0.5}
+
+    monkeypatch.setattr(limit, "profiling", fake_profiling)
+    calls = []
+    rate = limit.products_rate(lambda: calls.append(1), spec, 100, 3)
+    workers = limit.fftbp.get_num_threads()  # 8*2*32*32 flops per matrix: all workers
+    assert rate == pytest.approx(3 * 8 * 2 * 32 * 32 * 100 / (0.5 / workers))
+    assert len(calls) == 6 and np.isfinite(rate)
