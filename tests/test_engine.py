@@ -407,3 +407,31 @@ def test_pruned_transform_rows_are_checked():
         rfft_batch(spec, (8, 8), lambda *a: None, rows=9)
     with pytest.raises(ValueError, match="rows: expected a slice or a 1D array of positions"):
         irfft_batch(spec, (8, 8), lambda *a: None, rows=np.ones(8, dtype=bool))
+
+
+@pytest.mark.parametrize(
+    ("x_shape", "w_shape", "pad"),
+    [((1, 16, 200, 200), (16, 16, 31, 31), 15), ((2, 8, 40, 40, 40), (8, 8, 7, 7, 7), 3)],
+    ids=["2D-230x230-maps", "3D-46^3-maps"],
+)
+def test_workspace_model_bounds_large_map_transforms(x_shape, w_shape, pad, rng):
+    """Maps too large for 8 in a 512 KB sub-chunk still go 8 to a sub-chunk (whole cache lines
+    of the spectrum, fftbp.fft.plans._chunking); the model counts that (it did not: 81.5 MB
+    used against 73.6 MB modelled for the 3D layer)."""
+    from fftbp._params import Pass
+    from fftbp.planning import Route
+    from fftbp.planning.workspace import workspace
+
+    spec = ConvSpec.from_shapes(x_shape, w_shape, 1, pad, 1, 1, "float32")
+    x = rng.standard_normal(x_shape).astype(np.float32)
+    w = rng.standard_normal(w_shape).astype(np.float32)
+    g = rng.standard_normal(spec.output_shape).astype(np.float32)
+    calls = {
+        "forward": lambda: fftbp.conv(x, w, padding=pad, method="fft"),
+        "input_grad": lambda: fftbp.conv_input_grad(x.shape, w, g, padding=pad, method="fft"),
+        "weight_grad": lambda: fftbp.conv_weight_grad(x, w.shape, g, padding=pad, method="fft"),
+    }
+    for name, fn in calls.items():
+        used, _ = _workspace(fn)
+        model = workspace(Route("fft"), spec, Pass(name), fftbp.get_num_threads())
+        assert used <= model.at(spec.batch), (name, used, model.at(spec.batch))

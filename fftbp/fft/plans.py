@@ -300,7 +300,7 @@ def _build_pruned(
 #: at every frequency, so a sub-chunk that is not a whole number of lines wide shares a line
 #: with its neighbour at every frequency, and two workers writing them fight over each line
 #: (3D dense k7, 16 maps in sub-chunks of 4: a step ran 2.4x slower on 2 threads than on 1).
-_LINE_BYTES = 64
+LINE_BYTES = 64
 
 
 def _chunking(total: int, shape: tuple[int, ...], real: np.dtype) -> int:
@@ -309,7 +309,7 @@ def _chunking(total: int, shape: tuple[int, ...], real: np.dtype) -> int:
     where that allows, and at least two sub-chunks per worker where the batch allows
     (dynamic load balance)."""
     map_bytes = math.prod(shape) * real.itemsize
-    line = _LINE_BYTES // (2 * real.itemsize)  # maps per line of the spectrum
+    line = LINE_BYTES // (2 * real.itemsize)  # maps per line of the spectrum
     per = -(-total // (2 * get_num_threads()))
     sub = max(1, min(per, _SCRATCH_BYTES // map_bytes))
     return max(line, sub - sub % line)

@@ -16,6 +16,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from fftbp._params import ConvSpec, Pass
+from fftbp.fft.plans import LINE_BYTES
 from fftbp.fft.sizes import transform_shape
 from fftbp.planning.routes import Route
 
@@ -66,7 +67,10 @@ def _fft(spec: ConvSpec, pass_: Pass, threads: int, keep_x: bool) -> Workspace:
         return Workspace(wf + threads * 8 * per_task, kept)
     # the weight's (or the weight gradient's) spectrum, and two spectra per chunk
     maps = max(spec.batch * max(c, f), f * cg)
-    sub = min(max(_SUB_CHUNK, map_bytes), maps * map_bytes)
+    # a sub-chunk spans whole cache lines of the spectrum (fftbp.fft.plans._chunking): at
+    # least 8 maps of complex64 (4 of complex128), however large the maps
+    line_maps = LINE_BYTES // csize
+    sub = min(max(_SUB_CHUNK, line_maps * map_bytes), maps * map_bytes)
     fixed = (f * cg + 3 * _LD_PAD) * nfreq * csize + threads * 3 * sub
     return Workspace(fixed, (c + f) * nfreq * csize)
 
