@@ -131,3 +131,25 @@ def test_constants_from_an_older_cost_model_are_not_mixed_in(tmp_path, monkeypat
             assert constants() == Constants()
     finally:
         set_constants(None)
+
+
+def test_calibration_files_do_not_pin_the_constants_calibrate_does_not_measure(
+    tmp_path, monkeypatch
+):
+    """A file holds every field, but the per-tile, per-map and weight-gradient-share constants
+    always come from the shipped values (a file written before they were re-fitted would
+    otherwise keep the old ones), and a file without them still loads its measured rates."""
+    from fftbp.planning.cost import NOT_CALIBRATED
+
+    monkeypatch.setenv("FFTBP_CACHE_DIR", str(tmp_path))
+    saved = Constants().to_json() | {"product_flops": 7e10, "tile_s": 1.0, "map_s": 1.0}
+    del saved["direct_wg_share"]  # written before this constant existed
+    store.save_constants(saved)
+    set_constants(None)
+    try:
+        k = constants()
+        assert k.product_flops == 7e10  # measured: taken from the file
+        for name in NOT_CALIBRATED:
+            assert getattr(k, name) == getattr(Constants(), name)
+    finally:
+        set_constants(None)

@@ -22,7 +22,12 @@ from fftbp.fft.sizes import fft_cost, transform_shape
 from fftbp.planning.routes import Route
 from fftbp.planning.workspace import Workspace, workspace
 
-__all__ = ["PASSES", "Constants", "PassCost", "estimate"]
+__all__ = ["NOT_CALIBRATED", "PASSES", "Constants", "PassCost", "estimate"]
+
+
+#: The constants ``fftbp calibrate`` does not measure: the shipped values are used on every
+#: machine, whatever a calibration file holds (they are fitted on the planner benchmark)
+NOT_CALIBRATED = ("tile_s", "map_s", "direct_wg_share")
 
 
 @dataclass(frozen=True)

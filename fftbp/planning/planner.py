@@ -20,7 +20,7 @@ from fftbp._config import current_call, physical_memory
 from fftbp._params import PASSES, ConvSpec, Pass, check_method, check_tol
 from fftbp.planning import store
 from fftbp.planning.candidates import candidate_routes
-from fftbp.planning.cost import Constants, PassCost, estimate
+from fftbp.planning.cost import NOT_CALIBRATED, Constants, PassCost, estimate
 from fftbp.planning.decision import Choice, Plan, describe_spec, format_bytes
 from fftbp.planning.errors import DataRange
 from fftbp.planning.routes import Route
@@ -49,17 +49,19 @@ def constants() -> Constants:
     global _constants
     if _constants is None:
         values = store.load_constants() or {}
-        known = set(Constants.__dataclass_fields__)
-        if values and not known <= set(values):
+        # what calibration measures; the rest always takes the shipped values (a file keeps
+        # every field, and would otherwise pin them at the values shipped when it was written)
+        measured = set(Constants.__dataclass_fields__) - set(NOT_CALIBRATED)
+        if values and not measured <= set(values):
             # constants are fitted jointly: a file from an older cost model is not mixed in
             warnings.warn(
                 "fftbp: the calibrated constants predate this version's cost model "
-                f"(no {sorted(known - set(values))}); using the shipped ones until "
+                f"(no {sorted(measured - set(values))}); using the shipped ones until "
                 "`fftbp calibrate` runs again",
                 stacklevel=2,
             )
             values = {}
-        _constants = Constants(**{k: v for k, v in values.items() if k in known})
+        _constants = Constants(**{k: v for k, v in values.items() if k in measured})
     return _constants
 
 
