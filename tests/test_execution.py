@@ -131,6 +131,28 @@ def test_plan_cache_is_bounded(rng, monkeypatch):
         assert plan_cache_info()["size"] <= 8
 
 
+def test_plan_cache_is_bounded_in_bytes(rng, monkeypatch):
+    """Plans of large maps hold large scratch (at least a cache line of maps): the pool keeps
+    at most MAX_PLAN_BYTES of them (lowered here to 2 MB), the one just returned at least, and
+    its byte count matches what it holds."""
+    import fftbp.fft.plans as plans
+
+    monkeypatch.setattr(plans, "MAX_PLAN_BYTES", 2 << 20)
+    fftbp.fft.clear_plan_cache()
+    assert plan_cache_info()["bytes"] == 0
+    w = rng.standard_normal((8, 8, 5, 5))
+    for n in (40, 56, 72, 90):
+        x = rng.standard_normal((2, 8, n, n))
+        y = fftbp.conv(x, w, padding=2, method="fft")
+        assert relative_error(y, reference_conv(x, w, padding=2)) < 1e-12
+        info = plan_cache_info()
+        held = sum(p.nbytes for free in plans._free.values() for p in free)
+        assert info["bytes"] == held
+        assert held <= 2 << 20 or info["size"] == 1
+    fftbp.fft.clear_plan_cache()
+    assert plan_cache_info()["bytes"] == 0
+
+
 def test_plan_pool_evicts_while_plans_are_lent(monkeypatch):
     """Eviction with a key whose only plan is lent out (its free list empty) used to raise
     IndexError inside an unrelated call once the pool was full."""

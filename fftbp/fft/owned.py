@@ -42,4 +42,4 @@ def _build_owned(
         fftw = pyfftw.FFTW(r, c, axes=axes, direction="FFTW_FORWARD", flags=flags, threads=1)
     else:
         fftw = pyfftw.FFTW(c, r, axes=axes, direction="FFTW_BACKWARD", flags=flags, threads=1)
-    return _Plan(fftw, r, (fftw.input_array, fftw.output_array))
+    return _Plan(fftw, r, (fftw.input_array, fftw.output_array), extra=c.nbytes)

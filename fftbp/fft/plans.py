@@ -42,9 +42,11 @@ __all__ = [
     "rfft_batch",
 ]
 
-#: Most free plans kept; each holds a scratch array of at most ``_SCRATCH_BYTES`` (a pruned plan
-#: also a complex buffer of its sub-chunk's spectra, about twice that).
+#: Most free plans kept, and most bytes of their buffers: a plan holds its sub-chunk's scratch
+#: (at least one cache line of maps, :func:`_chunking`: 12 MB for 8 maps of 72^3), a pruned plan
+#: also a complex buffer of its spectra; the least recently used go first
 MAX_PLANS = 256
+MAX_PLAN_BYTES = 256 << 20
 #: Target size of one sub-chunk's real-space scratch: small enough to stay in L2 between the
 #: fill copy and the transform (1 MiB L2 per core on the reference machine).
 _SCRATCH_BYTES = 512 << 10
@@ -60,7 +62,7 @@ class _Plan:
     has it checked out (``park``: its own arrays, or for a strided plan a stand-in of the
     spectrum's geometry), so that a cached plan never keeps a caller's array alive."""
 
-    __slots__ = ("fftw", "inner", "park", "rows", "scratch")
+    __slots__ = ("fftw", "inner", "nbytes", "park", "rows", "scratch")
 
     def __init__(
         self,
@@ -69,6 +71,7 @@ class _Plan:
         park: tuple[np.ndarray, np.ndarray],
         inner: Any = None,
         rows: np.ndarray | None = None,
+        extra: int = 0,
     ):
         self.fftw = fftw
         self.scratch = scratch
@@ -77,6 +80,8 @@ class _Plan:
         self.inner = inner
         #: a pruned inverse plan's buffer of the rows kept after the first stage
         self.rows = rows
+        #: bytes of the buffers it owns (``extra``: those not named above)
+        self.nbytes = scratch.nbytes + (0 if rows is None else rows.nbytes) + extra
         fftw.update_arrays(*park)
 
 
@@ -93,16 +98,17 @@ def _stand_in(like: np.ndarray) -> np.ndarray:
 #: key -> plans not lent out (most recently returned last); LRU over keys
 _free: OrderedDict[tuple[Any, ...], list[_Plan]] = OrderedDict()
 _free_count = 0
+_free_bytes = 0
 _cache_lock = threading.Lock()
 _stats = {"hits": 0, "misses": 0, "executes": 0, "forward_maps": 0, "inverse_maps": 0}
 
 
 def clear_plan_cache() -> None:
     """Drop every cached plan (FFTW wisdom stays, so replanning is quick)."""
-    global _free_count
+    global _free_count, _free_bytes
     with _cache_lock:
         _free.clear()
-        _free_count = 0
+        _free_count = _free_bytes = 0
 
 
 def plan_cache_info() -> dict[str, int]:
@@ -110,14 +116,14 @@ def plan_cache_info() -> dict[str, int]:
     and the number of maps transformed so far by real-to-complex (``forward_maps``) and
     complex-to-real (``inverse_maps``) transforms."""
     with _cache_lock:
-        return {**_stats, "size": _free_count}
+        return {**_stats, "size": _free_count, "bytes": _free_bytes}
 
 
 def _after_fork_in_child() -> None:
-    global _cache_lock, _free_count
+    global _cache_lock, _free_count, _free_bytes
     _cache_lock = threading.Lock()
     _free.clear()  # plans lent out at fork time belong to threads the child does not have
-    _free_count = 0
+    _free_count = _free_bytes = 0
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
@@ -137,8 +143,9 @@ def _strided_scratch(
 @contextmanager
 def checkout(key: tuple[Any, ...], build: Callable[[], _Plan]) -> Iterator[_Plan]:
     """Lend the caller a plan for ``key`` (a free cached one, else a new one built outside the
-    lock) and take it back afterwards; at most :data:`MAX_PLANS` free plans are kept."""
-    global _free_count
+    lock) and take it back afterwards; at most :data:`MAX_PLANS` free plans of at most
+    :data:`MAX_PLAN_BYTES` in all are kept (and always the one just returned)."""
+    global _free_count, _free_bytes
     with _cache_lock:
         free = _free.get(key)
         plan = free.pop() if free else None
@@ -146,6 +153,7 @@ def checkout(key: tuple[Any, ...], build: Callable[[], _Plan]) -> Iterator[_Plan
             del _free[key]  # no key without a free plan (the eviction below relies on it)
         if plan is not None:
             _free_count -= 1
+            _free_bytes -= plan.nbytes
             _stats["hits"] += 1
         else:
             _stats["misses"] += 1
@@ -159,9 +167,10 @@ def checkout(key: tuple[Any, ...], build: Callable[[], _Plan]) -> Iterator[_Plan
             _free.setdefault(key, []).append(plan)
             _free.move_to_end(key)
             _free_count += 1
-            while _free_count > MAX_PLANS:
+            _free_bytes += plan.nbytes
+            while _free_count > 1 and (_free_count > MAX_PLANS or _free_bytes > MAX_PLAN_BYTES):
                 oldest = next(iter(_free))
-                _free[oldest].pop(0)
+                _free_bytes -= _free[oldest].pop(0).nbytes
                 _free_count -= 1
                 if not _free[oldest]:
                     del _free[oldest]
@@ -286,14 +295,16 @@ def _build_pruned(
         # the first axis' c2c keeps its input (FFTW's default), so the zero rows stay zero
         outer = pyfftw.FFTW(full, spec_t, axes=(1,), flags=[effort, *extra], threads=1)
         full[:] = 0  # planning wrote into it
-        return _Plan(outer, scratch, (full, _stand_in(spec_t)), inner=inner)
+        return _Plan(outer, scratch, (full, _stand_in(spec_t)), inner=inner, extra=full.nbytes)
     kept = pyfftw.empty_aligned((b, rows, *half[1:]), dtype=complex_dt, n=_ALIGN)
     destroy = [effort, "FFTW_DESTROY_INPUT"]
     outer = pyfftw.FFTW(
         spec_t, full, axes=(1,), direction="FFTW_BACKWARD", flags=destroy + extra, threads=1
     )
     inner = pyfftw.FFTW(kept, scratch, axes=trailing, direction="FFTW_BACKWARD", flags=destroy)
-    return _Plan(outer, scratch, (_stand_in(spec_t), full), inner=inner, rows=kept)
+    return _Plan(
+        outer, scratch, (_stand_in(spec_t), full), inner=inner, rows=kept, extra=full.nbytes
+    )
 
 
 #: Bytes of a cache line: in the frequency-major spectrum the maps of a sub-chunk are adjacent
@@ -347,8 +358,11 @@ def prepare_irfft(spec: np.ndarray, shape: tuple[int, ...], rows: int = 0) -> No
     sub = _chunking(total, shape, real)
     starts = list(range(0, total, sub))
     workers = min(get_num_threads(), len(starts))
-    with ExitStack() as held:  # as many plans per geometry as workers will use at once
-        for b0 in starts[:workers] + starts[-1:]:
+    # as many plans per geometry as workers will use at once: the full sub-chunks', and the
+    # last one's if it is shorter (not twice the same plan when there is one sub-chunk)
+    last = [starts[-1]] if starts[-1] not in starts[:workers] else []
+    with ExitStack() as held:
+        for b0 in starts[:workers] + last:
             b1 = min(b0 + sub, total)
             view = spec[..., b0:b1]
             held.enter_context(_strided_plan(False, view, shape, real, True, rows))

@@ -71,7 +71,9 @@ def _fft(spec: ConvSpec, pass_: Pass, threads: int, keep_x: bool) -> Workspace:
     # least 8 maps of complex64 (4 of complex128), however large the maps
     line_maps = LINE_BYTES // csize
     sub = min(max(_SUB_CHUNK, line_maps * map_bytes), maps * map_bytes)
-    fixed = (f * cg + 3 * _LD_PAD) * nfreq * csize + threads * 3 * sub
+    # per worker 3 sub-chunks' scratch (module note), and one more plan for each of the pass's
+    # three transforms when its last sub-chunk is shorter (its own geometry, planned alongside)
+    fixed = (f * cg + 3 * _LD_PAD) * nfreq * csize + (threads * 3 + 3) * sub
     return Workspace(fixed, (c + f) * nfreq * csize)
 
 
