@@ -96,6 +96,23 @@ def pad_or_crop(x: np.ndarray, pairs: tuple[tuple[int, int], ...]) -> np.ndarray
     keep = (slice(None),) * lead
     if all(lo <= 0 and hi <= 0 for lo, hi in pairs):
         return x[keep + tuple(src)]
-    out = parallel_zeros(x.shape[:lead] + size, x.dtype)
-    parallel_copy(out[keep + tuple(dst)], x[keep + tuple(src)])
+    out = np.empty(x.shape[:lead] + size, dtype=x.dtype)
+    inner, outer = out[keep + tuple(dst)], x[keep + tuple(src)]
+    split = max(range(lead), key=lambda i: out.shape[i], default=None)
+    if out.nbytes < PARALLEL_COPY_BYTES or split is None or out.shape[split] < 2:
+        out.fill(0)
+        np.copyto(inner, outer)
+        return out
+    # one section: each worker zeros its slice of a leading axis, then copies into it while
+    # the slice is in cache (two passes over the whole array cost one more section)
+    n = out.shape[split]
+    step = max(1, -(-n // (4 * get_num_threads())))
+    head = (slice(None),) * split
+
+    def fill(_slot: int, a: int, b: int) -> None:
+        part = (*head, slice(a, b))
+        out[part].fill(0)
+        np.copyto(inner[part], outer[part])
+
+    parallel_for(fill, n, step)
     return out

@@ -91,6 +91,29 @@ def test_pad_or_crop_matches_the_elementwise_rule() -> None:
         checked += 1
 
 
+def test_pad_or_crop_split_over_workers_matches_the_rule(monkeypatch) -> None:
+    """The path for large arrays (one section: each worker zeros its slice of a leading axis,
+    then copies into it), forced on small ones, against the elementwise rule."""
+    import fftbp._arrays
+
+    monkeypatch.setattr(fftbp._arrays, "PARALLEL_COPY_BYTES", 0)
+    rng = np.random.default_rng(7)
+    old = fftbp.get_num_threads()
+    fftbp.set_num_threads(3)
+    try:
+        for _ in range(150):
+            nd = int(rng.integers(1, 3))
+            lead = tuple(int(v) for v in rng.integers(1, 7, size=int(rng.integers(1, 3))))
+            shape = tuple(int(v) for v in rng.integers(1, 6, size=nd))
+            pairs = tuple((int(lo), int(hi)) for lo, hi in rng.integers(-3, 5, size=(nd, 2)))
+            if any(n + lo + hi < 0 for n, (lo, hi) in zip(shape, pairs)):
+                continue
+            x = rng.standard_normal(lead + shape)
+            np.testing.assert_array_equal(pad_or_crop(x, pairs), _pad_or_crop_oracle(x, pairs))
+    finally:
+        fftbp.set_num_threads(old)
+
+
 @pytest.mark.parametrize(
     ("n", "pair", "expected"),
     [
