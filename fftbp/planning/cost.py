@@ -71,7 +71,7 @@ class Constants:
     #: each), now the choice search's value (with 30 us, 16x16 tiles of a 5x5 layer were
     #: estimated 3x dearer than they ran, and direct was chosen at 1.5-1.9x their time).
     #: Not measured by ``fftbp calibrate``: the shipped value is used on every machine
-    #: (this one and ``map_s`` are the fitted constants, see docs/planner.md)
+    #: (:data:`NOT_CALIBRATED`, see docs/planner.md)
     tile_s: float = 10.5e-6
     #: fixed cost per transformed map (placement, hand-off, FFTW call): it makes many small
     #: transforms dearer than their points say (polyphase phases, 3D tiles). Fitted by hand on
