@@ -55,7 +55,7 @@ import fftbp
 from benchmarks.machine import describe
 from fftbp._config import profiling
 from fftbp._params import ConvSpec
-from fftbp.kernels.fft import ONE_WORKER_BELOW, layout
+from fftbp.kernels.fft import layout, product_flops, product_workers
 from fftbp.study.layers import fftbp_step, sample
 
 #: name -> (input shape, weight shape, padding, groups)
@@ -145,7 +145,7 @@ def products_time(spec: ConvSpec, nfreq: int, rate: float) -> float:
     as elementwise multiplies over the same arrays."""
     n, c, f, g = spec.batch, spec.in_channels, spec.out_channels, spec.groups
     if not spec.is_depthwise:
-        return 3 * 8 * n * (c // g) * f * nfreq / rate
+        return 3 * product_flops(n, c // g, f // g) * g * nfreq / rate
     xs = np.ones((n, c, nfreq), np.complex64)
     ws = np.ones((c, nfreq), np.complex64)
     out = np.empty_like(xs)
@@ -196,13 +196,16 @@ def products_rate(step: Callable[[], None], spec: ConvSpec, nfreq: int, rounds: 
     """flop/s of the channel products inside a whole-map FFT step of a dense layer, as
     fftbp's profiler times them: the three passes' flops over the products' thread-seconds
     divided by the thread count (the products run in sections where every worker multiplies,
-    or on one worker below ``ONE_WORKER_BELOW`` flops per matrix: the rate is then one
-    core's). Issue 13 compares it with the GEMM rate."""
-    n, c, f, g = spec.batch, spec.in_channels, spec.out_channels, spec.groups
-    flops = 3 * 8 * n * (c // g) * f * nfreq
-    workers = fftbp.get_num_threads()
-    if 8 * n * (c // g) * f < ONE_WORKER_BELOW:
-        workers = 1
+    or on one worker for tiny matrices: the rate is then one core's). Issue 13 compares it
+    with the GEMM rate."""
+    n, cg, fg, g = (
+        spec.batch,
+        spec.in_channels // spec.groups,
+        spec.out_channels // spec.groups,
+        spec.groups,
+    )
+    flops = 3 * product_flops(n, cg, fg) * g * nfreq
+    workers = product_workers(n, cg, fg)
     seconds = []
     for _ in range(rounds):
         step()

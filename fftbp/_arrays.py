@@ -3,6 +3,8 @@ worker threads)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from fftbp._config import get_num_threads, parallel_for
@@ -11,6 +13,21 @@ __all__ = ["pad_or_crop", "parallel_copied", "parallel_copy", "parallel_zeros"]
 
 #: copies of at least this many bytes are split over the worker threads
 PARALLEL_COPY_BYTES = 1 << 20
+
+
+def _split_over_workers(
+    shape: tuple[int, ...], axes: range, body: Callable[[tuple[slice, ...]], None]
+) -> None:
+    """``body(part)`` for slices ``part`` of the longest of ``axes``, on the worker threads
+    (four pieces per worker)."""
+    axis = max(axes, key=lambda i: shape[i])
+    n = shape[axis]
+    lead = (slice(None),) * axis
+
+    def run(_slot: int, a: int, b: int) -> None:
+        body((*lead, slice(a, b)))
+
+    parallel_for(run, n, max(1, -(-n // (4 * get_num_threads()))))
 
 
 def parallel_copy(dst: np.ndarray, src: np.ndarray | float) -> None:
@@ -23,16 +40,11 @@ def parallel_copy(dst: np.ndarray, src: np.ndarray | float) -> None:
     if dst.nbytes < PARALLEL_COPY_BYTES or dst.ndim < 2:
         np.copyto(dst, src)
         return
-    axis = max(range(dst.ndim - 1), key=lambda i: dst.shape[i])
-    n = dst.shape[axis]
-    step = max(1, -(-n // (4 * get_num_threads())))
-    lead = (slice(None),) * axis
 
-    def copy(_slot: int, a: int, b: int) -> None:
-        part = (*lead, slice(a, b))
+    def copy(part: tuple[slice, ...]) -> None:
         np.copyto(dst[part], src if scalar else src[part])  # type: ignore[index]
 
-    parallel_for(copy, n, step)
+    _split_over_workers(dst.shape, range(dst.ndim - 1), copy)
 
 
 def parallel_copied(a: np.ndarray) -> np.ndarray:
@@ -98,21 +110,13 @@ def pad_or_crop(x: np.ndarray, pairs: tuple[tuple[int, int], ...]) -> np.ndarray
         return x[keep + tuple(src)]
     out = np.empty(x.shape[:lead] + size, dtype=x.dtype)
     inner, outer = out[keep + tuple(dst)], x[keep + tuple(src)]
-    split = max(range(lead), key=lambda i: out.shape[i], default=None)
-    if out.nbytes < PARALLEL_COPY_BYTES or split is None or out.shape[split] < 2:
-        out.fill(0)
-        np.copyto(inner, outer)
-        return out
-    # one section: each worker zeros its slice of a leading axis, then copies into it while
-    # the slice is in cache (two passes over the whole array cost one more section)
-    n = out.shape[split]
-    step = max(1, -(-n // (4 * get_num_threads())))
-    head = (slice(None),) * split
 
-    def fill(_slot: int, a: int, b: int) -> None:
-        part = (*head, slice(a, b))
+    def fill(part: tuple[slice, ...]) -> None:  # zeros, then the copy while still in cache
         out[part].fill(0)
         np.copyto(inner[part], outer[part])
 
-    parallel_for(fill, n, step)
+    if out.nbytes < PARALLEL_COPY_BYTES or lead == 0:
+        fill(())
+    else:  # one section over a leading axis (unpadded: the same slice of out, inner, x)
+        _split_over_workers(out.shape, range(lead), fill)
     return out

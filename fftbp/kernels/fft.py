@@ -135,6 +135,17 @@ def grad_spectrum(lay: FFTLayout, g: np.ndarray, pool: SpectrumPool | None = Non
 ONE_WORKER_BELOW = 8192
 
 
+def product_flops(n: int, cg: int, fg: int) -> int:
+    """Real flops of one frequency's channel product of one group (``n`` x ``cg`` x ``fg``
+    complex multiply-adds, any of the three passes)."""
+    return 8 * n * cg * fg
+
+
+def product_workers(n: int, cg: int, fg: int) -> int:
+    """Workers the channel products of a dense layer run on (see :data:`ONE_WORKER_BELOW`)."""
+    return 1 if product_flops(n, cg, fg) < ONE_WORKER_BELOW else get_num_threads()
+
+
 def _block_len(bytes_per_freq: int) -> int:
     """Frequencies per inner block so that the block's operands stay in L2 (~256 KiB)."""
     return max(1, (256 << 10) // max(bytes_per_freq, 1))
@@ -211,7 +222,7 @@ def _product(
             O[...] = r
 
     pieces, inner = max(step, -(-q // (8 * get_num_threads()))), q
-    if not depthwise and 8 * n * cg * fg < ONE_WORKER_BELOW:
+    if not depthwise and product_workers(n, cg, fg) == 1:
         pieces, inner = q, step  # one worker, block by block: see ONE_WORKER_BELOW
 
     def work(_slot: int, q0: int, q1: int) -> None:
