@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 import os
 import threading
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, ExitStack, contextmanager
 from typing import Any
@@ -162,7 +162,9 @@ def checkout(key: tuple[Any, ...], build: Callable[[], _Plan]) -> Iterator[_Plan
     try:
         yield plan
     finally:
-        plan.fftw.update_arrays(*plan.park)  # drop the caller's arrays
+        fftw = plan.fftw
+        if fftw.input_array is not plan.park[0] or fftw.output_array is not plan.park[1]:
+            fftw.update_arrays(*plan.park)  # drop the caller's arrays
         with _cache_lock:
             _free.setdefault(key, []).append(plan)
             _free.move_to_end(key)
@@ -177,12 +179,12 @@ def checkout(key: tuple[Any, ...], build: Callable[[], _Plan]) -> Iterator[_Plan
 
 
 def _strided_key(
-    forward: bool, b: int, shape: tuple[int, ...], real: np.dtype, spec_view: np.ndarray
+    forward: bool, shape: tuple[int, ...], real: np.dtype, spec_view: np.ndarray, prune: int
 ) -> tuple[tuple[Any, ...], bool, str]:
     aligned = spec_view.ctypes.data % _ALIGN == 0
     effort = get_fftw_effort()
-    key = (forward, b, shape, real.str, spec_view.shape, spec_view.strides, aligned, effort)
-    return key, aligned, effort
+    key = (forward, shape, real.str, spec_view.shape, spec_view.strides, aligned, effort)
+    return (("pruned", prune, *key) if prune else key), aligned, effort
 
 
 def _strided_plan(
@@ -196,16 +198,11 @@ def _strided_plan(
     """Check out a plan between scratch maps and the frequency-major ``view`` (built on
     ``view`` itself if ``on_view``, see :func:`_build_strided`); ``prune`` > 0: a pruned plan
     of that many rows along the first axis (:func:`_build_pruned`)."""
-    b = view.shape[-1]
-    key, aligned, effort = _strided_key(forward, b, shape, real, view)
+    key, aligned, effort = _strided_key(forward, shape, real, view, prune)
+    args = (forward, view.shape[-1], shape, real, view, aligned, effort, on_view)
     if prune:
-        return checkout(
-            ("pruned", prune, *key),
-            lambda: _build_pruned(forward, b, shape, real, view, aligned, effort, on_view, prune),
-        )
-    return checkout(
-        key, lambda: _build_strided(forward, b, shape, real, view, aligned, effort, on_view)
-    )
+        return checkout(key, lambda: _build_pruned(*args, prune))
+    return checkout(key, lambda: _build_strided(*args))
 
 
 def _planning_target(
@@ -361,10 +358,13 @@ def prepare_irfft(spec: np.ndarray, shape: tuple[int, ...], rows: int = 0) -> No
     # as many plans per geometry as workers will use at once: the full sub-chunks', and the
     # last one's if it is shorter (not twice the same plan when there is one sub-chunk)
     last = [starts[-1]] if starts[-1] not in starts[:workers] else []
+    views = [spec[..., b0 : b0 + sub] for b0 in starts[:workers] + last]
+    keys = Counter(_strided_key(False, shape, real, v, rows)[0] for v in views)
+    with _cache_lock:  # the usual case, every plan already there: nothing to check out
+        if all(len(_free.get(key, ())) >= count for key, count in keys.items()):
+            return
     with ExitStack() as held:
-        for b0 in starts[:workers] + last:
-            b1 = min(b0 + sub, total)
-            view = spec[..., b0:b1]
+        for view in views:
             held.enter_context(_strided_plan(False, view, shape, real, True, rows))
 
 

@@ -6,6 +6,7 @@ buffer, where each pass reads its result, and the spectrum buffers (frequency-ma
 from __future__ import annotations
 
 import collections
+import functools
 import math
 import threading
 import weakref
@@ -63,19 +64,19 @@ class FFTLayout:
     dx_index: tuple[Index, ...] = field(repr=False)
     dw_index: tuple[Index, ...] = field(repr=False)
 
-    @property
+    @functools.cached_property
     def half_shape(self) -> tuple[int, ...]:
         return (*self.shape[:-1], self.shape[-1] // 2 + 1)
 
-    @property
+    @functools.cached_property
     def nfreq(self) -> int:
         return math.prod(self.half_shape)
 
-    @property
+    @functools.cached_property
     def scale(self) -> float:
         return 1.0 / math.prod(self.shape)
 
-    @property
+    @functools.cached_property
     def complex_dtype(self) -> np.dtype:
         return np.result_type(self.spec.dtype, np.complex64)
 
@@ -222,8 +223,14 @@ class SpectrumPool:
 
 
 def layout(spec: ConvSpec, shape: tuple[int, ...] | None = None) -> FFTLayout:
-    """Build the FFT geometry for ``spec`` (transform sizes from :func:`transform_shape`)."""
-    shape = transform_shape(spec) if shape is None else tuple(shape)
+    """The FFT geometry for ``spec`` (transform sizes from :func:`transform_shape`)."""
+    return _layout(spec, transform_shape(spec) if shape is None else tuple(shape))
+
+
+@functools.lru_cache(maxsize=256)
+def _layout(spec: ConvSpec, shape: tuple[int, ...]) -> FFTLayout:
+    """Cached (every pass asks for it outside the parallel sections): a layout is immutable,
+    its index arrays read-only."""
     out_i, dx_i, dw_i = [], [], []
     for h, (lo, _), k, s, d, o, m in zip(
         spec.in_size, spec.padding, spec.kernel, spec.stride, spec.dilation, spec.out_size, shape
@@ -231,6 +238,9 @@ def layout(spec: ConvSpec, shape: tuple[int, ...] | None = None) -> FFTLayout:
         out_i.append(axis_index(lo + h - 1, o, -s, m))
         dx_i.append(axis_index(lo, h, 1, m))
         dw_i.append(axis_index(lo + h - 1, k, -d, m))
+    for index in (*out_i, *dx_i, *dw_i):
+        if isinstance(index, np.ndarray):
+            index.flags.writeable = False
     return FFTLayout(spec, shape, tuple(out_i), tuple(dx_i), tuple(dw_i))
 
 
