@@ -346,13 +346,15 @@ def test_residuals_of_another_layer_are_refused(rng):
 
 
 @pytest.mark.parametrize("shape", [(1, 8, 160, 160), (3, 2, 300, 301), (700, 1000)])
-def test_parallel_copy_matches_numpy(shape, rng, two_workers):
+def test_parallel_copy_matches_numpy(shape, rng, two_workers, monkeypatch):
     """Large copies are split over the workers along the longest axis but the last; any
     source layout (a transposed view, a strided window) lands exactly."""
-    from fftbp._arrays import PARALLEL_COPY_BYTES, parallel_copy
+    from fftbp import _arrays
+    from fftbp._arrays import parallel_copy
 
+    monkeypatch.setattr(_arrays, "PARALLEL_COPY_BYTES", 1 << 20)  # split these sizes
     src = rng.standard_normal(shape[::-1]).T  # every axis strided
-    assert src.nbytes >= PARALLEL_COPY_BYTES
+    assert src.nbytes >= _arrays.PARALLEL_COPY_BYTES
     dst = np.empty(shape)
     parallel_copy(dst, src)
     assert np.array_equal(dst, src)
@@ -361,9 +363,11 @@ def test_parallel_copy_matches_numpy(shape, rng, two_workers):
 
 
 @pytest.mark.parametrize("pass_", ["forward", "input_grad", "weight_grad"])
-def test_tiles_of_a_large_map_with_two_workers(pass_, rng, two_workers):
+def test_tiles_of_a_large_map_with_two_workers(pass_, rng, two_workers, monkeypatch):
     """The tiled route's window copies, transposes and overlap-add run on the workers once the
-    arrays pass 1 MB: every pass against the float64 reference."""
+    arrays pass PARALLEL_COPY_BYTES (lowered to 1 MB here): every pass against the float64
+    reference."""
+    monkeypatch.setattr(fftbp._arrays, "PARALLEL_COPY_BYTES", 1 << 20)
     x = rng.standard_normal((1, 8, 160, 160))
     w = rng.standard_normal((6, 8, 9, 9))
     g = rng.standard_normal((1, 6, 160, 160))

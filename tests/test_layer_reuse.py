@@ -125,14 +125,20 @@ def test_weight_compared_bit_for_bit_then_by_value(rng):
         layer.backward(g)
 
 
+@pytest.mark.parametrize("parallel", [True, False])
 @pytest.mark.parametrize("where", [0, 300_000, -1])
-def test_weight_comparison_in_pieces_finds_a_change_anywhere(where, rng):
-    """Large weights are compared piecewise and copied by the worker threads: a change in the
-    first piece, in a middle piece or in the last element is found, with one worker or two,
-    and so is an unchanged weight (NaN left in place included); copies are exact."""
+def test_weight_comparison_in_pieces_finds_a_change_anywhere(where, parallel, rng, monkeypatch):
+    """Weights are compared head first, then (large ones) piecewise by the worker threads, and
+    copied by them: a change in the head, in a middle piece or in the last element is found,
+    with one worker or two, on the caller or split, and so is an unchanged weight (NaN left
+    in place included); copies are exact."""
+    from fftbp import _arrays
     from fftbp._arrays import parallel_copied
     from fftbp.engine import training
 
+    if parallel:  # the sizes above which the workers share the work, lowered to this weight's
+        monkeypatch.setattr(training, "PARALLEL_COMPARE_BYTES", 0)
+        monkeypatch.setattr(_arrays, "PARALLEL_COPY_BYTES", 0)
     w = rng.standard_normal((64, 64, 12, 12)).astype(np.float32)  # 2.4 MB: pieces of 256 KB
     w[1, 2, 3, 4] = np.nan
     assert w.nbytes >= 2 * training._PIECE_BYTES

@@ -94,8 +94,11 @@ class WeightSpectra:
         return wf
 
 
-#: weights of at least two pieces are compared by the worker threads, in pieces of this size
-#: (a 4 MB weight is cold in cache at each step: 0.45 ms per comparison)
+#: weights of at least this many bytes are compared by the worker threads (with two workers,
+#: just after a busy section: 1 MB 159 us against 63 us on the caller, 4 MB 402 / 223 us,
+#: 16 MB 1041 / 1130 us: a worker section costs a thread round trip, see PARALLEL_COPY_BYTES)
+PARALLEL_COMPARE_BYTES = 16 << 20
+#: ... in pieces of this size
 _PIECE_BYTES = 256 << 10
 #: bytes compared before the pieces: where a weight changed by a training step shows at once
 _HEAD_BYTES = 16 << 10
@@ -107,19 +110,22 @@ def same_weight(w: np.ndarray, snapshot: np.ndarray | None) -> bool:
 
     Compared as unsigned integers (14x faster than ``np.array_equal(..., equal_nan=True)``:
     0.11 against 1.6 ms for a 4 MB weight), the first 16 KB first (a training step changes
-    every element, so that is where a changed weight shows), then in pieces by the worker
-    threads: it runs at every forward and backward pass, outside the kernels' parallel parts.
+    every element, so that is where a changed weight shows), then the rest, in pieces by the
+    worker threads when large: it runs at every forward and backward pass, outside the
+    kernels' parallel parts.
     """
     if snapshot is None or w.shape != snapshot.shape or w.dtype != snapshot.dtype:
         return False
     bits = np.dtype(f"u{w.dtype.itemsize}")
     a, b = w.view(bits), snapshot.view(bits)
-    if w.nbytes < 2 * _PIECE_BYTES or not (a.flags.c_contiguous and b.flags.c_contiguous):
+    if not (a.flags.c_contiguous and b.flags.c_contiguous):
         return bool(np.array_equal(a, b))
     a, b = a.reshape(-1), b.reshape(-1)
     step, head = _PIECE_BYTES // a.itemsize, _HEAD_BYTES // a.itemsize
     if not np.array_equal(a[:head], b[:head]):
         return False
+    if w.nbytes < max(PARALLEL_COMPARE_BYTES, 2 * _PIECE_BYTES):
+        return bool(np.array_equal(a[head:], b[head:]))
     differ = []
 
     def compare(_slot: int, i0: int, i1: int) -> None:
