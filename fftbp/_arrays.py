@@ -11,12 +11,12 @@ from fftbp._config import get_num_threads, parallel_for
 
 __all__ = ["pad_or_crop", "parallel_copied", "parallel_copy", "parallel_zeros"]
 
-#: copies of at least this many bytes are split over the worker threads. A worker section
-#: costs a thread round trip, 50-60 us on the reference machine (an empty two-worker section:
-#: 52-73 us), so smaller copies run faster on the caller (measured with two workers just
-#: after a busy section: 1 MB 130 us split against 39 us on the caller, 4 MB 213 / 163 us,
-#: 16 MB 516 / 818 us)
-PARALLEL_COPY_BYTES = 8 << 20
+#: copies of at least this many bytes are split over the worker threads. On two workers a
+#: split costs a thread round trip (an empty two-worker section: 52-73 us here), so copies of
+#: 1-8 MB run faster on the caller there (1 MB 130 us split against 39 us, 4 MB 213 / 163 us,
+#: 16 MB 516 / 818 us); they are split all the same, for the machines with many cores the
+#: training steps are meant for, where a copy left on one core is serial time (Amdahl).
+PARALLEL_COPY_BYTES = 1 << 20
 
 
 def _split_over_workers(

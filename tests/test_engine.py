@@ -352,7 +352,7 @@ def test_parallel_copy_matches_numpy(shape, rng, two_workers, monkeypatch):
     from fftbp import _arrays
     from fftbp._arrays import parallel_copy
 
-    monkeypatch.setattr(_arrays, "PARALLEL_COPY_BYTES", 1 << 20)  # split these sizes
+    monkeypatch.setattr(_arrays, "PARALLEL_COPY_BYTES", 1 << 20)  # these sizes are split
     src = rng.standard_normal(shape[::-1]).T  # every axis strided
     assert src.nbytes >= _arrays.PARALLEL_COPY_BYTES
     dst = np.empty(shape)

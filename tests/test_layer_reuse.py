@@ -136,9 +136,9 @@ def test_weight_comparison_in_pieces_finds_a_change_anywhere(where, parallel, rn
     from fftbp._arrays import parallel_copied
     from fftbp.engine import training
 
-    if parallel:  # the sizes above which the workers share the work, lowered to this weight's
-        monkeypatch.setattr(training, "PARALLEL_COMPARE_BYTES", 0)
-        monkeypatch.setattr(_arrays, "PARALLEL_COPY_BYTES", 0)
+    limit = 0 if parallel else 1 << 40  # the sizes from which the workers share the work
+    monkeypatch.setattr(training, "PARALLEL_COMPARE_BYTES", limit)
+    monkeypatch.setattr(_arrays, "PARALLEL_COPY_BYTES", limit)
     w = rng.standard_normal((64, 64, 12, 12)).astype(np.float32)  # 2.4 MB: pieces of 256 KB
     w[1, 2, 3, 4] = np.nan
     assert w.nbytes >= 2 * training._PIECE_BYTES

@@ -94,10 +94,10 @@ class WeightSpectra:
         return wf
 
 
-#: weights of at least this many bytes are compared by the worker threads (with two workers,
-#: just after a busy section: 1 MB 159 us against 63 us on the caller, 4 MB 402 / 223 us,
-#: 16 MB 1041 / 1130 us: a worker section costs a thread round trip, see PARALLEL_COPY_BYTES)
-PARALLEL_COMPARE_BYTES = 16 << 20
+#: weights of at least this many bytes are compared by the worker threads (on two workers
+#: the caller alone is faster below 16 MB: 1 MB 159 against 63 us, 16 MB 1041 / 1130 us; they
+#: are split for many-core machines all the same, see fftbp._arrays.PARALLEL_COPY_BYTES)
+PARALLEL_COMPARE_BYTES = 512 << 10
 #: ... in pieces of this size
 _PIECE_BYTES = 256 << 10
 #: bytes compared before the pieces: where a weight changed by a training step shows at once
