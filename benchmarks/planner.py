@@ -5,7 +5,7 @@ For each layer and pass, every route the planner considers is timed (a warm-up c
 the best of three rounds in which the routes alternate; BLAS held at one thread as in fftbp's
 own calls); the oracle is the fastest. A choice other than the oracle is then timed again side
 by side with it (:func:`duel`: alternating rounds, 0.3 s of calls each; the median of three
-duels when the first says worse than 1.2x), and that ratio is reported: on this machine a
+such duels), and that ratio is reported: on this machine a
 millisecond call varies by 1.5x from round to round, so the sweep's three rounds rank
 near-ties at random.
 Reported per pass: the estimate-mode choice's time over the oracle's, and the same for measure
@@ -111,23 +111,20 @@ def key(r: Route) -> str:
 DUEL_TIME = 0.3
 
 
-#: a duel past this ratio is fought twice more and the median reported: a neighbour's burst
-#: on this shared host once made a 1.03-1.07x choice duel at 1.51x
-CONFIRM_ABOVE = 1.2
+#: duels per rated choice, the median reported: a neighbour's burst on this shared host once
+#: made a 1.03-1.07x choice duel at 1.51x
+DUELS = 3
 
 
 def duel(oracle: Route, choice: Route, spec: ConvSpec, pass_: str, ops: dict) -> float:
     """The choice's time over the oracle's, the two timed side by side again, longer than the
-    sweep (a millisecond call here varies by 1.5x from round to round), three times when the
-    first says worse than :data:`CONFIRM_ABOVE` (the median of the three). At least 1: a choice
-    that wins the duel is as fast as the oracle."""
+    sweep (a millisecond call here varies by 1.5x from round to round): the median of
+    :data:`DUELS` duels, every time (a second duel only for bad first ratios would favour the
+    planner). At least 1: a choice that wins the duel is as fast as the oracle."""
     if choice == oracle:
         return 1.0
-    ratio = duel_ratio(oracle, choice, spec, pass_, ops)
-    if ratio > CONFIRM_ABOVE:
-        more = [duel_ratio(oracle, choice, spec, pass_, ops) for _ in range(2)]
-        ratio = statistics.median([ratio, *more])
-    return max(1.0, ratio)
+    ratios = [duel_ratio(oracle, choice, spec, pass_, ops) for _ in range(DUELS)]
+    return max(1.0, statistics.median(ratios))
 
 
 def duel_ratio(a: Route, b: Route, spec: ConvSpec, pass_: str, ops: dict) -> float:

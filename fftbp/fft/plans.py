@@ -355,13 +355,14 @@ def prepare_irfft(spec: np.ndarray, shape: tuple[int, ...], rows: int = 0) -> No
     sub = _chunking(total, shape, real)
     starts = list(range(0, total, sub))
     workers = min(get_num_threads(), len(starts))
-    # as many plans per geometry as workers will use at once: the full sub-chunks', and the
-    # last one's if it is shorter (not twice the same plan when there is one sub-chunk)
+    # as many plans per geometry as workers use at once: the full sub-chunks', the last one's
     last = [starts[-1]] if starts[-1] not in starts[:workers] else []
     views = [spec[..., b0 : b0 + sub] for b0 in starts[:workers] + last]
     keys = Counter(_strided_key(False, shape, real, v, rows)[0] for v in views)
-    with _cache_lock:  # the usual case, every plan already there: nothing to check out
+    with _cache_lock:  # the usual case, every plan already there: mark them used, return
         if all(len(_free.get(key, ())) >= count for key, count in keys.items()):
+            for key in keys:
+                _free.move_to_end(key)
             return
     with ExitStack() as held:
         for view in views:
