@@ -63,22 +63,19 @@ class FFTLayout:
     out_index: tuple[Index, ...] = field(repr=False)
     dx_index: tuple[Index, ...] = field(repr=False)
     dw_index: tuple[Index, ...] = field(repr=False)
+    # derived once at construction (a layout is cached and read by every pass; no
+    # cached_property, whose per-class lock a fork could catch held on Python 3.11)
+    half_shape: tuple[int, ...] = field(init=False, repr=False, compare=False)
+    nfreq: int = field(init=False, repr=False, compare=False)
+    scale: float = field(init=False, repr=False, compare=False)
+    complex_dtype: np.dtype = field(init=False, repr=False, compare=False)
 
-    @functools.cached_property
-    def half_shape(self) -> tuple[int, ...]:
-        return (*self.shape[:-1], self.shape[-1] // 2 + 1)
-
-    @functools.cached_property
-    def nfreq(self) -> int:
-        return math.prod(self.half_shape)
-
-    @functools.cached_property
-    def scale(self) -> float:
-        return 1.0 / math.prod(self.shape)
-
-    @functools.cached_property
-    def complex_dtype(self) -> np.dtype:
-        return np.result_type(self.spec.dtype, np.complex64)
+    def __post_init__(self) -> None:
+        half = (*self.shape[:-1], self.shape[-1] // 2 + 1)
+        object.__setattr__(self, "half_shape", half)
+        object.__setattr__(self, "nfreq", math.prod(half))
+        object.__setattr__(self, "scale", 1.0 / math.prod(self.shape))
+        object.__setattr__(self, "complex_dtype", np.result_type(self.spec.dtype, np.complex64))
 
     # Where each spectrum's maps sit in the zero buffer (see the module docstring).
     @property
