@@ -221,13 +221,14 @@ class SpectrumPool:
 
 def layout(spec: ConvSpec, shape: tuple[int, ...] | None = None) -> FFTLayout:
     """The FFT geometry for ``spec`` (transform sizes from :func:`transform_shape`)."""
-    return _layout(spec, transform_shape(spec) if shape is None else tuple(shape))
+    return _layout(spec, None if shape is None else tuple(shape))
 
 
 @functools.lru_cache(maxsize=256)
-def _layout(spec: ConvSpec, shape: tuple[int, ...]) -> FFTLayout:
-    """Cached (every pass asks for it outside the parallel sections): a layout is immutable,
-    its index arrays read-only."""
+def _layout(spec: ConvSpec, shape: tuple[int, ...] | None) -> FFTLayout:
+    """Cached, the transform sizes included (every pass asks for it outside the parallel
+    sections): a layout is immutable, its index arrays read-only."""
+    shape = transform_shape(spec) if shape is None else shape
     out_i, dx_i, dw_i = [], [], []
     for h, (lo, _), k, s, d, o, m in zip(
         spec.in_size, spec.padding, spec.kernel, spec.stride, spec.dilation, spec.out_size, shape
